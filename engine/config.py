@@ -1,0 +1,301 @@
+"""Configuration: TOML files into typed, validated structs.
+
+- Every problem in a file is reported at once, each as ``FILE: key.path: problem``.
+- ``[profiles.NAME]`` tables hold overrides, deep-merged over the base when a profile is
+  selected (``--profile NAME`` or ``KESTREL_PROFILE``).
+- Relative paths are relative to the config file's folder.
+- Secrets never live in a config file: credentials come from the environment
+  (``APCA_API_KEY_ID`` / ``APCA_API_SECRET_KEY``) or from a secrets file the config
+  names. Placeholder values are refused; loaded values are :class:`~engine.secrets.Secret`.
+- Paper trading is the default. ``mode = "live"`` is refused unless confirmed with
+  ``--confirm-live`` or ``KESTREL_CONFIRM_LIVE=yes``.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Final, Literal, TypeVar, get_args, get_origin
+
+import msgspec
+
+from engine.errors import ConfigError, LiveTradingNotConfirmed
+from engine.secrets import Secret, is_placeholder
+
+KEY_ENV: Final = "APCA_API_KEY_ID"
+SECRET_ENV: Final = "APCA_API_SECRET_KEY"
+CONFIRM_LIVE_ENV: Final = "KESTREL_CONFIRM_LIVE"
+PROFILE_ENV: Final = "KESTREL_PROFILE"
+_RUN_ID = re.compile(r"^[A-Za-z0-9]{1,16}$")
+_SECRET_LOOKING_KEYS: Final = ("secret", "password", "token", "api_key", "key_id", "secret_key")
+_LOADER_FIELDS: Final = frozenset({"profile"})
+
+
+class EngineSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    mode: Literal["paper", "live"] = "paper"
+    run_id: str = "kestrel"
+    """Prefix of every client order id this engine sends: letters and digits, at most 16."""
+    seed: int = 7
+    """Seed of the run's random generator (forked per actor); recorded in the run summary."""
+
+    def __post_init__(self) -> None:
+        if not _RUN_ID.match(self.run_id):
+            raise ValueError("run_id: must be 1-16 letters or digits (it prefixes client order ids)")
+
+
+class LogSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    path: str | None = "logs/kestrel.jsonl"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class DataSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    format: Literal["lean-ticks"] = "lean-ticks"
+    files: list[str] = msgspec.field(default_factory=list)
+    """Recording files; empty means the bundled sample day."""
+    symbol: str | None = None
+    """Symbol of lean-ticks files (their rows do not name it); default: the parent folder's name."""
+
+
+class StrategySection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: str = "ema-cross"
+    params: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class RiskSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    max_order_qty: Decimal = Decimal(500)
+    max_order_notional: Decimal = Decimal(100_000)
+
+    def __post_init__(self) -> None:
+        if self.max_order_qty <= 0:
+            raise ValueError("max_order_qty: must be positive")
+        if self.max_order_notional <= 0:
+            raise ValueError("max_order_notional: must be positive")
+
+
+class VenueSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    kind: Literal["simulator"] = "simulator"
+    starting_cash: Decimal = Decimal(100_000)
+    fee_per_share: Decimal = Decimal(0)
+
+    def __post_init__(self) -> None:
+        if self.starting_cash < 0:
+            raise ValueError("starting_cash: must not be negative")
+        if self.fee_per_share < 0:
+            raise ValueError("fee_per_share: must not be negative")
+
+
+class SecretsSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    file: str | None = None
+    """A TOML file with ``key_id`` and ``secret_key``; the environment wins over it."""
+
+
+class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    engine: EngineSection = msgspec.field(default_factory=EngineSection)
+    log: LogSection = msgspec.field(default_factory=LogSection)
+    data: DataSection = msgspec.field(default_factory=DataSection)
+    strategy: StrategySection = msgspec.field(default_factory=StrategySection)
+    risk: RiskSection = msgspec.field(default_factory=RiskSection)
+    venue: VenueSection = msgspec.field(default_factory=VenueSection)
+    secrets: SecretsSection = msgspec.field(default_factory=SecretsSection)
+    profile: str | None = None
+    """The profile that was applied (set by the loader, not by files)."""
+
+
+class Credentials(msgspec.Struct, frozen=True):
+    key_id: Secret
+    secret_key: Secret
+    source: str
+
+
+# ---------------------------------------------------------------- loading
+
+S = TypeVar("S", bound=msgspec.Struct)
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _struct_problems(data: Any, struct_type: type[S], path: str) -> tuple[S | None, list[tuple[str, str]]]:
+    """Convert ``data`` to ``struct_type``, collecting every problem instead of the first."""
+    if not isinstance(data, Mapping):
+        return None, [(path, f"expected a table, got {type(data).__name__}")]
+    problems: list[tuple[str, str]] = []
+    fields = {f.name: f for f in msgspec.structs.fields(struct_type)}
+    values: dict[str, Any] = {}
+    settable = {name: f for name, f in fields.items() if name not in _LOADER_FIELDS}
+    for key, value in data.items():
+        key_path = f"{path}.{key}" if path else key
+        if any(hint in key.lower() for hint in _SECRET_LOOKING_KEYS):
+            problems.append((key_path, "secrets are never read from config files; use the environment or [secrets] file"))
+            continue
+        field = settable.get(key)
+        if field is None:
+            expected = ", ".join(sorted(settable))
+            problems.append((key_path, f"unknown key (expected one of: {expected})"))
+            continue
+        ftype = field.type
+        if isinstance(ftype, type) and issubclass(ftype, msgspec.Struct):
+            sub, sub_problems = _struct_problems(value, ftype, key_path)
+            problems.extend(sub_problems)
+            if sub is not None:
+                values[key] = sub
+            continue
+        try:
+            values[key] = msgspec.convert(value, ftype)
+        except msgspec.ValidationError as exc:
+            choices = get_args(ftype) if get_origin(ftype) is Literal else ()
+            if choices:
+                problems.append((key_path, f"expected one of {', '.join(map(repr, choices))}, got {value!r}"))
+            else:
+                problems.append((key_path, _plain(str(exc))))
+    if problems:
+        return None, problems
+    try:
+        return struct_type(**values), []
+    except (ValueError, TypeError) as exc:
+        message = str(exc)
+        field_name, _, rest = message.partition(": ")
+        if field_name in fields:
+            return None, [(f"{path}.{field_name}" if path else field_name, rest)]
+        return None, [(path, message)]
+
+
+def _plain(message: str) -> str:
+    # msgspec says "Expected `int`, got `str` - at `$...`"; the path is ours to give.
+    return message.split(" - at `", 1)[0].replace("`", "")
+
+
+def parse_config(data: Mapping[str, Any], source: str, profile: str | None = None) -> Config:
+    """Validate a config mapping (already parsed TOML), applying ``profile`` if given."""
+    raw = dict(data)
+    profiles = raw.pop("profiles", {})
+    problems: list[tuple[str, str]] = []
+    if not isinstance(profiles, Mapping):
+        problems.append(("profiles", "expected a table of profile tables"))
+        profiles = {}
+    if profile is not None:
+        if profile not in profiles:
+            known = ", ".join(sorted(profiles)) or "none defined"
+            raise ConfigError(source, [("profiles", f"no profile named {profile!r} (known: {known})")])
+        raw = _merge(raw, profiles[profile])
+    config, struct_problems = _struct_problems(raw, Config, "")
+    problems.extend(struct_problems)
+    if problems or config is None:
+        raise ConfigError(source, problems)
+    return msgspec.structs.replace(config, profile=profile)
+
+
+def load_config(path: Path | None, profile: str | None = None) -> tuple[Config, Path | None]:
+    """Read and validate a config file; ``None`` gives the embedded defaults.
+
+    Returns the config with relative paths resolved against the file's folder.
+    """
+    if path is None:
+        return parse_config({}, "<defaults>", profile), None
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(source, [("", "no such file")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(source, [("", f"cannot read: {exc}")]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, [("", f"malformed TOML: {exc}")]) from None
+    config = parse_config(data, source, profile)
+    return _resolve_paths(config, path.parent), path
+
+
+def _resolve(base: Path, value: str | None) -> str | None:
+    if value is None:
+        return None
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else (base / p))
+
+
+def _resolve_paths(config: Config, base: Path) -> Config:
+    return msgspec.structs.replace(
+        config,
+        log=msgspec.structs.replace(config.log, path=_resolve(base, config.log.path)),
+        data=msgspec.structs.replace(config.data, files=[str(_resolve(base, f)) for f in config.data.files]),
+        secrets=msgspec.structs.replace(config.secrets, file=_resolve(base, config.secrets.file)),
+    )
+
+
+def check_live_confirmation(config: Config, confirmed_flag: bool, environ: Mapping[str, str]) -> None:
+    """Refuse live trading unless it was asked for twice: in config and at the command line/env."""
+    if config.engine.mode != "live":
+        return
+    if confirmed_flag or environ.get(CONFIRM_LIVE_ENV, "").strip().lower() in ("yes", "1", "true"):
+        return
+    raise LiveTradingNotConfirmed(
+        f'config says mode = "live", which trades real money; confirm with --confirm-live or {CONFIRM_LIVE_ENV}=yes '
+        '(or use mode = "paper")'
+    )
+
+
+def load_credentials(config: Config, environ: Mapping[str, str], required: bool) -> Credentials | None:
+    """Venue credentials from the environment, else from the secrets file.
+
+    A placeholder value (empty, ``changeme``, ``your_key_here`` ...) is an error, as is
+    a half-set pair. The error names the variable or file key, never the value.
+    """
+    found: dict[str, tuple[str, str]] = {}
+    file = config.secrets.file
+    if file is not None:
+        path = Path(file)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(file, [("", "secrets file not found")]) from None
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            # The parser's message may quote the file's text: say only where it failed.
+            detail = type(exc).__name__
+            lineno = getattr(exc, "lineno", None)
+            raise ConfigError(file, [("", f"cannot read secrets file ({detail}{f' at line {lineno}' if lineno else ''})")]) from None
+        for name in ("key_id", "secret_key"):
+            if name in data:
+                if not isinstance(data[name], str):
+                    raise ConfigError(file, [(name, "must be a string")])
+                found[name] = (data[name], f"{file}: {name}")
+    for name, env in (("key_id", KEY_ENV), ("secret_key", SECRET_ENV)):
+        if env in environ:
+            found[name] = (environ[env], f"environment variable {env}")
+    problems = [(where, "placeholder value; set the real credential") for value, where in found.values() if is_placeholder(value)]
+    if problems:
+        raise ConfigError("credentials", [("", f"{where}: {msg}") for where, msg in problems])
+    if len(found) == 1:
+        missing = ({"key_id", "secret_key"} - found.keys()).pop()
+        raise ConfigError("credentials", [("", f"{missing} is missing (set {KEY_ENV} and {SECRET_ENV} together)")])
+    if not found:
+        if required:
+            raise ConfigError("credentials", [("", f"none found: set {KEY_ENV} and {SECRET_ENV}, or [secrets] file")])
+        return None
+    sources = sorted({where.split(":")[0] if "environment" not in where else "environment" for _, where in found.values()})
+    return Credentials(Secret(found["key_id"][0]), Secret(found["secret_key"][0]), source=", ".join(sources))
+
+
+def _enc_hook(value: Any) -> Any:
+    if isinstance(value, Secret):
+        return str(value)
+    raise NotImplementedError(f"cannot encode {type(value).__name__}")
+
+
+def render_config(config: Config, credentials: Credentials | None) -> str:
+    """The effective config as indented JSON, with credentials shown only as ``***``."""
+    document: dict[str, Any] = msgspec.to_builtins(config, enc_hook=_enc_hook)
+    document["credentials"] = (
+        {"key_id": "***", "secret_key": "***", "source": credentials.source} if credentials else None
+    )
+    return msgspec.json.format(msgspec.json.encode(document), indent=2).decode()

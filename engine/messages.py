@@ -1,0 +1,257 @@
+"""The engine's message vocabulary.
+
+Every message is a frozen, tagged ``msgspec.Struct``: one decoder handles the whole
+:data:`Message` union, and the same struct is what travels on the bus, what the
+journal stores and what a log line renders.
+
+Conventions:
+
+- ``ts_event``: when the venue or exchange says it happened; ``ts_recv``: when we
+  received it; ``ts_init``: when we created the message. All integer nanoseconds since
+  the Unix epoch, read from the engine clock.
+- Prices, quantities and cash are :class:`decimal.Decimal`, never binary floats.
+- Correlation ids travel end to end: ``intent_id`` from the strategy's intent to the
+  fill, ``client_order_id`` from the order manager onwards.
+"""
+
+from __future__ import annotations
+
+import enum
+from decimal import Decimal
+
+import msgspec
+
+
+class Side(enum.StrEnum):
+    BUY = "buy"
+    SELL = "sell"
+
+    @property
+    def sign(self) -> int:
+        return 1 if self is Side.BUY else -1
+
+
+class OrderType(enum.StrEnum):
+    MARKET = "market"
+    LIMIT = "limit"
+
+
+class TimeInForce(enum.StrEnum):
+    DAY = "day"
+    GTC = "gtc"
+    IOC = "ioc"
+    FOK = "fok"
+
+
+class OrderStatus(enum.StrEnum):
+    """Order states, named as Alpaca names them (the full machine arrives with the journal)."""
+
+    PENDING_NEW = "pending_new"
+    NEW = "new"
+    PARTIALLY_FILLED = "partially_filled"
+    FILLED = "filled"
+    CANCELED = "canceled"
+    EXPIRED = "expired"
+    REJECTED = "rejected"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({OrderStatus.FILLED, OrderStatus.CANCELED, OrderStatus.EXPIRED, OrderStatus.REJECTED})
+
+
+class Event(msgspec.Struct, frozen=True, tag=True, kw_only=True):
+    """Base of every bus message. Subclasses are tagged by class name."""
+
+
+# ---------------------------------------------------------------- market data
+
+
+class ExchangeQuote(Event, frozen=True, kw_only=True):
+    """One exchange's quote update as a provider delivered it.
+
+    Feeds such as TAQ update one side at a time: a side that did not change has
+    ``None`` for price and size.
+    """
+
+    symbol: str
+    exchange: str
+    bid_price: Decimal | None
+    bid_size: int | None
+    ask_price: Decimal | None
+    ask_size: int | None
+    suspicious: bool
+    provider: str
+    ts_event: int
+    ts_recv: int
+
+
+class TradeTick(Event, frozen=True, kw_only=True):
+    symbol: str
+    exchange: str
+    price: Decimal
+    size: int
+    suspicious: bool
+    provider: str
+    ts_event: int
+    ts_recv: int
+
+
+class BestBidOffer(Event, frozen=True, kw_only=True):
+    """The national best bid and offer for a symbol, as the pricing actor builds it."""
+
+    symbol: str
+    bid_price: Decimal
+    bid_size: int
+    ask_price: Decimal
+    ask_size: int
+    provider: str
+    ts_event: int
+    ts_init: int
+
+    @property
+    def mid(self) -> Decimal:
+        return (self.bid_price + self.ask_price) / 2
+
+
+# ---------------------------------------------------------------- order path
+
+
+class OrderIntent(Event, frozen=True, kw_only=True):
+    """A strategy's wish to trade; risk decides whether it becomes an order."""
+
+    intent_id: str
+    strategy: str
+    symbol: str
+    side: Side
+    qty: Decimal
+    order_type: OrderType
+    limit_price: Decimal | None = None
+    time_in_force: TimeInForce = TimeInForce.DAY
+    ts_init: int
+
+
+class RiskRejected(Event, frozen=True, kw_only=True):
+    """Risk refused an intent. ``reason`` is a stable code; ``inputs`` what it looked at."""
+
+    intent_id: str
+    strategy: str
+    symbol: str
+    reason: str
+    detail: str
+    inputs: dict[str, str]
+    ts_init: int
+
+
+class ApprovedOrder(Event, frozen=True, kw_only=True):
+    """An intent that passed every pre-trade check, with the reference price risk used."""
+
+    intent: OrderIntent
+    reference_price: Decimal
+    ts_init: int
+
+
+class SubmitOrder(Event, frozen=True, kw_only=True):
+    """The order manager's instruction to a venue adapter."""
+
+    client_order_id: str
+    intent_id: str
+    symbol: str
+    side: Side
+    qty: Decimal
+    order_type: OrderType
+    limit_price: Decimal | None
+    time_in_force: TimeInForce
+    ts_init: int
+
+
+class CancelOrder(Event, frozen=True, kw_only=True):
+    client_order_id: str
+    ts_init: int
+
+
+class OrderUpdate(Event, frozen=True, kw_only=True):
+    """A venue's report of an order's new state (ack, cancel, reject, expiry)."""
+
+    client_order_id: str
+    venue_order_id: str
+    status: OrderStatus
+    reason: str | None = None
+    ts_event: int
+    ts_recv: int
+
+
+class Fill(Event, frozen=True, kw_only=True):
+    """One execution. ``execution_id`` is the venue's, and unique per fill."""
+
+    client_order_id: str
+    venue_order_id: str
+    execution_id: str
+    intent_id: str
+    strategy: str
+    symbol: str
+    side: Side
+    qty: Decimal
+    price: Decimal
+    fee: Decimal
+    ts_event: int
+    ts_recv: int
+
+
+# ---------------------------------------------------------------- queries
+
+
+class PortfolioQuery(Event, frozen=True, kw_only=True):
+    """Ask the settlement actor for its current book (request/reply)."""
+
+
+class PortfolioSnapshot(Event, frozen=True, kw_only=True):
+    cash: Decimal
+    positions: dict[str, Decimal]
+    realized_pnl: Decimal
+    fees: Decimal
+    fills: int
+
+
+class OrderStatsQuery(Event, frozen=True, kw_only=True):
+    """Ask the order manager for its counters (request/reply)."""
+
+
+class OrderStats(Event, frozen=True, kw_only=True):
+    submitted: int
+    filled: int
+    rejected_by_venue: int
+    working: int
+
+
+class RiskStatsQuery(Event, frozen=True, kw_only=True):
+    pass
+
+
+class RiskStats(Event, frozen=True, kw_only=True):
+    approved: int
+    rejected: int
+    rejections_by_reason: dict[str, int]
+
+
+Message = (
+    ExchangeQuote
+    | TradeTick
+    | BestBidOffer
+    | OrderIntent
+    | RiskRejected
+    | ApprovedOrder
+    | SubmitOrder
+    | CancelOrder
+    | OrderUpdate
+    | Fill
+    | PortfolioQuery
+    | PortfolioSnapshot
+    | OrderStatsQuery
+    | OrderStats
+    | RiskStatsQuery
+    | RiskStats
+)
+"""Every message the engine knows: ``msgspec.json.decode(data, type=Message)`` picks the class by tag."""
