@@ -104,8 +104,9 @@ class Bus:
     async def request(self, address: str, message: object, timeout_s: float = 5.0) -> Any:
         """Send ``message`` and wait for the actor's reply (``TimeoutError`` after ``timeout_s``)."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        await self.send(address, Request(message, future))
+        # The timeout covers delivery too: waiting for room in a full mailbox counts.
         async with asyncio.timeout(timeout_s):
+            await self.send(address, Request(message, future))
             return await future
 
     async def idle(self) -> None:

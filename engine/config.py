@@ -30,7 +30,8 @@ SECRET_ENV: Final = "APCA_API_SECRET_KEY"
 CONFIRM_LIVE_ENV: Final = "KESTREL_CONFIRM_LIVE"
 PROFILE_ENV: Final = "KESTREL_PROFILE"
 _RUN_ID = re.compile(r"^[A-Za-z0-9]{1,16}$")
-_SECRET_LOOKING_KEYS: Final = ("secret", "password", "token", "api_key", "key_id", "secret_key")
+_SECRET_LOOKING_KEYS: Final = frozenset({"secret", "password", "token", "api_key", "key_id", "secret_key", "api_secret"})
+_SECRET_LOOKING_SUFFIXES: Final = ("_secret", "_token", "_password", "_key_id", "_secret_key")
 _LOADER_FIELDS: Final = frozenset({"profile"})
 
 
@@ -125,6 +126,11 @@ def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def _looks_secret(key: str) -> bool:
+    lowered = key.lower()
+    return lowered in _SECRET_LOOKING_KEYS or lowered.endswith(_SECRET_LOOKING_SUFFIXES)
+
+
 def _struct_problems(data: Any, struct_type: type[S], path: str) -> tuple[S | None, list[tuple[str, str]]]:
     """Convert ``data`` to ``struct_type``, collecting every problem instead of the first."""
     if not isinstance(data, Mapping):
@@ -135,8 +141,10 @@ def _struct_problems(data: Any, struct_type: type[S], path: str) -> tuple[S | No
     settable = {name: f for name, f in fields.items() if name not in _LOADER_FIELDS}
     for key, value in data.items():
         key_path = f"{path}.{key}" if path else key
-        if any(hint in key.lower() for hint in _SECRET_LOOKING_KEYS):
-            problems.append((key_path, "secrets are never read from config files; use the environment or [secrets] file"))
+        if _looks_secret(key) and not isinstance(value, Mapping):
+            problems.append(
+                (key_path, "secrets are never read from config files; use the environment or [secrets] file")
+            )
             continue
         field = settable.get(key)
         if field is None:
@@ -240,8 +248,8 @@ def check_live_confirmation(config: Config, confirmed_flag: bool, environ: Mappi
     if confirmed_flag or environ.get(CONFIRM_LIVE_ENV, "").strip().lower() in ("yes", "1", "true"):
         return
     raise LiveTradingNotConfirmed(
-        f'config says mode = "live", which trades real money; confirm with --confirm-live or {CONFIRM_LIVE_ENV}=yes '
-        '(or use mode = "paper")'
+        f'config says mode = "live", which trades real money; confirm with --confirm-live '
+        f'or {CONFIRM_LIVE_ENV}=yes (or use mode = "paper")'
     )
 
 
@@ -260,10 +268,10 @@ def load_credentials(config: Config, environ: Mapping[str, str], required: bool)
         except FileNotFoundError:
             raise ConfigError(file, [("", "secrets file not found")]) from None
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            # The parser's message may quote the file's text: say only where it failed.
-            detail = type(exc).__name__
-            lineno = getattr(exc, "lineno", None)
-            raise ConfigError(file, [("", f"cannot read secrets file ({detail}{f' at line {lineno}' if lineno else ''})")]) from None
+            # Say only where it failed: a parser message could one day quote the file's text.
+            where = re.search(r"line \d+", str(exc)) if isinstance(exc, tomllib.TOMLDecodeError) else None
+            detail = type(exc).__name__ + (f" at {where.group(0)}" if where else "")
+            raise ConfigError(file, [("", f"cannot read secrets file ({detail})")]) from None
         for name in ("key_id", "secret_key"):
             if name in data:
                 if not isinstance(data[name], str):
@@ -272,17 +280,27 @@ def load_credentials(config: Config, environ: Mapping[str, str], required: bool)
     for name, env in (("key_id", KEY_ENV), ("secret_key", SECRET_ENV)):
         if env in environ:
             found[name] = (environ[env], f"environment variable {env}")
-    problems = [(where, "placeholder value; set the real credential") for value, where in found.values() if is_placeholder(value)]
+    problems = [
+        (where, "placeholder value; set the real credential")
+        for value, where in found.values()
+        if is_placeholder(value)
+    ]
     if problems:
         raise ConfigError("credentials", [("", f"{where}: {msg}") for where, msg in problems])
     if len(found) == 1:
         missing = ({"key_id", "secret_key"} - found.keys()).pop()
-        raise ConfigError("credentials", [("", f"{missing} is missing (set {KEY_ENV} and {SECRET_ENV} together)")])
+        raise ConfigError(
+            "credentials", [("", f"{missing} is missing (set {KEY_ENV} and {SECRET_ENV} together)")]
+        )
     if not found:
         if required:
-            raise ConfigError("credentials", [("", f"none found: set {KEY_ENV} and {SECRET_ENV}, or [secrets] file")])
+            raise ConfigError(
+                "credentials", [("", f"none found: set {KEY_ENV} and {SECRET_ENV}, or [secrets] file")]
+            )
         return None
-    sources = sorted({where.split(":")[0] if "environment" not in where else "environment" for _, where in found.values()})
+    sources = sorted(
+        {where.split(":")[0] if "environment" not in where else "environment" for _, where in found.values()}
+    )
     return Credentials(Secret(found["key_id"][0]), Secret(found["secret_key"][0]), source=", ".join(sources))
 
 

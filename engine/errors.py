@@ -26,7 +26,9 @@ class ConfigError(UserError):
     def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
         self.source = source
         self.problems = problems
-        lines = [f"{source}: {path}: {message}" if path else f"{source}: {message}" for path, message in problems]
+        lines = [
+            f"{source}: {path}: {message}" if path else f"{source}: {message}" for path, message in problems
+        ]
         super().__init__("\n".join(lines))
 
 
@@ -56,7 +58,9 @@ class UnknownAddress(KestrelError):
 class SupervisorGaveUp(KestrelError):
     """A supervisor exceeded its restart intensity and escalates to its parent."""
 
-    def __init__(self, supervisor: str, restarts: int, period_s: float, last_error: BaseException | None) -> None:
+    def __init__(
+        self, supervisor: str, restarts: int, period_s: float, last_error: BaseException | None
+    ) -> None:
         self.supervisor = supervisor
         self.restarts = restarts
         self.period_s = period_s

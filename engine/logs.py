@@ -28,11 +28,22 @@ import structlog
 from engine.clock import Clock, wall_time_ns
 from engine.secrets import REDACTED, Secret, scrub
 
-CURRENT_MESSAGE: contextvars.ContextVar[object | None] = contextvars.ContextVar("kestrel_message", default=None)
+CURRENT_MESSAGE: contextvars.ContextVar[object | None] = contextvars.ContextVar(
+    "kestrel_message", default=None
+)
 """The message the running actor is handling; the source of a log line's correlation ids."""
 
 CORRELATION_FIELDS: Final = ("intent_id", "client_order_id", "symbol")
-_SECRET_KEY_HINTS: Final = ("secret", "password", "passwd", "token", "api_key", "apikey", "key_id", "private_key")
+_SECRET_KEY_HINTS: Final = (
+    "secret",
+    "password",
+    "passwd",
+    "token",
+    "api_key",
+    "apikey",
+    "key_id",
+    "private_key",
+)
 LEVELS: Final = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 
 EventDict = MutableMapping[str, Any]
@@ -49,7 +60,10 @@ def redact_value(value: Any) -> Any:
     if isinstance(value, Secret):
         return REDACTED
     if isinstance(value, dict):
-        return {k: (REDACTED if isinstance(k, str) and _is_secret_key(k) else redact_value(v)) for k, v in value.items()}
+        return {
+            k: (REDACTED if isinstance(k, str) and _is_secret_key(k) else redact_value(v))
+            for k, v in value.items()
+        }
     if isinstance(value, list | tuple):
         return [redact_value(v) for v in value]
     return value

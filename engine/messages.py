@@ -70,14 +70,21 @@ class Event(msgspec.Struct, frozen=True, tag=True, kw_only=True):
 
 
 class ExchangeQuote(Event, frozen=True, kw_only=True):
-    """One exchange's quote update as a provider delivered it.
+    """A quote update as a provider delivered it, for one exchange.
 
-    Feeds such as TAQ update one side at a time: a side that did not change has
-    ``None`` for price and size.
+    Some feeds update one side at a time: a side that did not change has ``None`` for
+    price and size. ``national`` says what the update means:
+
+    - ``False``: this exchange's own quote; the NBBO is the best across exchanges.
+    - ``True``: the new national best for the side(s) it carries, resting at
+      ``exchange``; it replaces the whole side. LEAN/AlgoSeek TAQ rows are of this kind
+      (every bid row is paired with an ask row of the same timestamp, often from
+      another exchange, and no row ever withdraws an exchange's stale quote).
     """
 
     symbol: str
     exchange: str
+    national: bool
     bid_price: Decimal | None
     bid_size: int | None
     ask_price: Decimal | None
@@ -179,6 +186,25 @@ class OrderUpdate(Event, frozen=True, kw_only=True):
     venue_order_id: str
     status: OrderStatus
     reason: str | None = None
+    filled_qty: Decimal = Decimal(0)
+    intent_id: str | None = None
+    """Filled in by the order manager when it forwards the update to strategies."""
+    strategy: str | None = None
+    ts_event: int
+    ts_recv: int
+
+
+class VenueExecution(Event, frozen=True, kw_only=True):
+    """An execution as the venue reports it: the venue knows our client order id, not our intents."""
+
+    client_order_id: str
+    venue_order_id: str
+    execution_id: str
+    symbol: str
+    side: Side
+    qty: Decimal
+    price: Decimal
+    fee: Decimal
     ts_event: int
     ts_recv: int
 
@@ -215,25 +241,21 @@ class PortfolioSnapshot(Event, frozen=True, kw_only=True):
     fills: int
 
 
-class OrderStatsQuery(Event, frozen=True, kw_only=True):
-    """Ask the order manager for its counters (request/reply)."""
+class FillHistoryQuery(Event, frozen=True, kw_only=True):
+    """Ask the order manager for every fill it has booked (a restarted ledger rebuilds from it)."""
 
 
-class OrderStats(Event, frozen=True, kw_only=True):
-    submitted: int
-    filled: int
-    rejected_by_venue: int
-    working: int
+class FillHistory(Event, frozen=True, kw_only=True):
+    fills: list[Fill]
 
 
-class RiskStatsQuery(Event, frozen=True, kw_only=True):
-    pass
+class StatsQuery(Event, frozen=True, kw_only=True):
+    """Ask any actor for its counters (request/reply)."""
 
 
-class RiskStats(Event, frozen=True, kw_only=True):
-    approved: int
-    rejected: int
-    rejections_by_reason: dict[str, int]
+class ActorStats(Event, frozen=True, kw_only=True):
+    counters: dict[str, int]
+    breakdown: dict[str, dict[str, int]] = {}
 
 
 Message = (
@@ -246,12 +268,13 @@ Message = (
     | SubmitOrder
     | CancelOrder
     | OrderUpdate
+    | VenueExecution
     | Fill
     | PortfolioQuery
     | PortfolioSnapshot
-    | OrderStatsQuery
-    | OrderStats
-    | RiskStatsQuery
-    | RiskStats
+    | FillHistoryQuery
+    | FillHistory
+    | StatsQuery
+    | ActorStats
 )
 """Every message the engine knows: ``msgspec.json.decode(data, type=Message)`` picks the class by tag."""

@@ -17,7 +17,18 @@ REDACTED: Final = "***"
 
 # Values that mean "nobody filled this in". Refused wherever a secret is loaded.
 PLACEHOLDERS: Final = frozenset(
-    {"", "changeme", "change_me", "change-me", "your_key_here", "your_secret_here", "xxx", "todo", "none", "null"}
+    {
+        "",
+        "changeme",
+        "change_me",
+        "change-me",
+        "your_key_here",
+        "your_secret_here",
+        "xxx",
+        "todo",
+        "none",
+        "null",
+    }
 )
 
 _known: set[str] = set()

@@ -270,8 +270,12 @@ class Supervisor:
     # ------------------------------------------------------------ runners
 
     async def _run_supervisor(self, nested: Supervisor, started: asyncio.Future[None]) -> None:
+        def mark_started(_: object) -> None:
+            if not started.done():
+                started.set_result(None)
+
         waiter = asyncio.ensure_future(nested.started())
-        waiter.add_done_callback(lambda _: started.done() or started.set_result(None))
+        waiter.add_done_callback(mark_started)
         try:
             await nested.run()
         finally:
@@ -289,19 +293,24 @@ class Supervisor:
         actor.ctx = ctx
         inflight = bus.inflight
         handle = actor.handle
+        # Hot loop: names bound once; ctx._stop_requested read directly (the property
+        # costs a call per message); inflight.done() called only when it can wake idle().
+        items = mailbox._items
+        get_nowait = mailbox.get_nowait
+        set_current = CURRENT_MESSAGE.set
         try:
             await actor.on_start()
             if restarts:
                 log.info("actor_restarted", restarts=restarts)
             started.set_result(None)
-            while not ctx.stop_requested:
-                item = mailbox.get_nowait() if mailbox._items else await mailbox.get()
+            while not ctx._stop_requested:
+                item = get_nowait() if items else await mailbox.get()
                 if item is WAKEUP:
                     continue
                 try:
                     if type(item) is Request:
-                        request: Request = item  # type: ignore[assignment]
-                        CURRENT_MESSAGE.set(request.message)
+                        request: Request = item
+                        set_current(request.message)
                         try:
                             reply = await handle(request.message)
                         except BaseException as exc:
@@ -311,10 +320,13 @@ class Supervisor:
                         if not request.future.done():
                             request.future.set_result(reply)
                     else:
-                        CURRENT_MESSAGE.set(item)
+                        set_current(item)
                         await handle(item)
                 finally:
-                    inflight.done()
+                    if inflight.count == 1:
+                        inflight.done()
+                    else:
+                        inflight.count -= 1
         except Exception as exc:
             log.error("actor_crashed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
             raise

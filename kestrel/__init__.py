@@ -1,0 +1,1 @@
+"""Kestrel's command line and composition root (``kestrel.node``)."""

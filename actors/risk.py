@@ -1,0 +1,107 @@
+"""The risk actor: every intent passes here before it can become an order.
+
+Checks in this version (each rejection carries a stable reason code and the inputs it
+used, and is published on ``order.event`` for the strategy and counted):
+
+- ``NO_REFERENCE_PRICE`` — no live NBBO for the symbol yet;
+- ``INVALID_QTY`` — quantity not positive;
+- ``MAX_ORDER_QTY`` — quantity above the cap;
+- ``MAX_ORDER_NOTIONAL`` — quantity × reference price above the cap. The reference is
+  the price the order would pay: the ask for a buy, the bid for a sell, or the limit
+  price when that is worse for us.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from engine import topics
+from engine.actor import Actor
+from engine.config import RiskSection
+from engine.messages import (
+    ActorStats,
+    ApprovedOrder,
+    BestBidOffer,
+    OrderIntent,
+    RiskRejected,
+    Side,
+    StatsQuery,
+)
+
+
+class RiskActor(Actor):
+    def __init__(self, limits: RiskSection) -> None:
+        self.limits = limits
+        self.quotes: dict[str, BestBidOffer] = {}
+        self.approved = 0
+        self.rejections: Counter[str] = Counter()
+
+    async def on_start(self) -> None:
+        self.ctx.subscribe(topics.MD_BBO)
+        self.ctx.subscribe(topics.ORDER_INTENT)
+
+    async def handle(self, message: Any) -> Any:
+        kind = type(message)
+        if kind is BestBidOffer:
+            self.quotes[message.symbol] = message
+        elif kind is OrderIntent:
+            await self._check(message)
+        elif kind is StatsQuery:
+            return ActorStats(
+                counters={"approved": self.approved, "rejected": sum(self.rejections.values())},
+                breakdown={"rejections_by_reason": dict(self.rejections)},
+            )
+        else:
+            raise TypeError(f"risk actor cannot handle {kind.__name__}")
+        return None
+
+    async def _check(self, intent: OrderIntent) -> None:
+        limits = self.limits
+        bbo = self.quotes.get(intent.symbol)
+        if bbo is None:
+            await self._reject(intent, "NO_REFERENCE_PRICE", "no NBBO for the symbol yet", {})
+            return
+        reference = bbo.ask_price if intent.side is Side.BUY else bbo.bid_price
+        if intent.limit_price is not None:
+            reference = (
+                max(reference, intent.limit_price)
+                if intent.side is Side.BUY
+                else min(reference, intent.limit_price)
+            )
+        inputs = {"qty": str(intent.qty), "reference_price": str(reference)}
+        if intent.qty <= 0:
+            await self._reject(intent, "INVALID_QTY", "quantity must be positive", inputs)
+            return
+        if intent.qty > limits.max_order_qty:
+            inputs["max_order_qty"] = str(limits.max_order_qty)
+            await self._reject(intent, "MAX_ORDER_QTY", f"qty {intent.qty} > {limits.max_order_qty}", inputs)
+            return
+        notional = intent.qty * reference
+        if notional > limits.max_order_notional:
+            inputs.update(notional=str(notional), max_order_notional=str(limits.max_order_notional))
+            await self._reject(
+                intent, "MAX_ORDER_NOTIONAL", f"notional {notional} > {limits.max_order_notional}", inputs
+            )
+            return
+        self.approved += 1
+        await self.ctx.publish(
+            topics.ORDER_APPROVED,
+            ApprovedOrder(intent=intent, reference_price=reference, ts_init=self.ctx.clock.time_ns()),
+        )
+
+    async def _reject(self, intent: OrderIntent, reason: str, detail: str, inputs: dict[str, str]) -> None:
+        self.rejections[reason] += 1
+        self.ctx.log.info("intent_rejected", reason=reason, detail=detail, **inputs)
+        await self.ctx.publish(
+            topics.ORDER_EVENT,
+            RiskRejected(
+                intent_id=intent.intent_id,
+                strategy=intent.strategy,
+                symbol=intent.symbol,
+                reason=reason,
+                detail=detail,
+                inputs=inputs,
+                ts_init=self.ctx.clock.time_ns(),
+            ),
+        )

@@ -1,0 +1,55 @@
+"""What a strategy is: plain code reacting to market data and its own order events.
+
+A strategy never touches the bus, a socket or the wall clock. The strategy actor calls
+its hooks and publishes the intents they return; ``now_ns`` is the engine clock's time.
+The same strategy code therefore runs unchanged in replay and live.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import msgspec
+
+from engine.errors import ConfigError
+from engine.messages import BestBidOffer, Fill, OrderIntent, OrderUpdate, RiskRejected, TradeTick
+
+P = TypeVar("P", bound=msgspec.Struct)
+
+
+def parse_params(params: Mapping[str, Any], params_type: type[P], strategy: str) -> P:
+    """Validate ``[strategy.params]`` into ``params_type``; errors name ``strategy.params.KEY``."""
+    try:
+        return msgspec.convert(dict(params), params_type)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        problem, _, where = message.partition(" - at `$")
+        key = where.rstrip("`").lstrip(".")
+        path = "strategy.params" + (f".{key}" if key else "")
+        raise ConfigError(f"strategy {strategy!r}", [(path, problem.replace("`", ""))]) from None
+
+
+class Strategy:
+    """Base class: override the hooks you need; each returns the intents to send."""
+
+    name: str
+
+    def restore_positions(self, positions: Mapping[str, Decimal]) -> None:
+        """After a restart: the positions the ledger holds (the strategy's state is gone)."""
+
+    def on_bbo(self, bbo: BestBidOffer, now_ns: int) -> list[OrderIntent]:
+        return []
+
+    def on_trade(self, trade: TradeTick, now_ns: int) -> list[OrderIntent]:
+        return []
+
+    def on_fill(self, fill: Fill, now_ns: int) -> list[OrderIntent]:
+        return []
+
+    def on_order_update(self, update: OrderUpdate, now_ns: int) -> list[OrderIntent]:
+        return []
+
+    def on_rejected(self, rejection: RiskRejected, now_ns: int) -> list[OrderIntent]:
+        return []

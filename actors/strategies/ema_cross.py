@@ -1,0 +1,122 @@
+"""EMA crossover: long when the fast EMA of the mid is above the slow one, flat otherwise.
+
+On an upward cross it buys ``qty``; on a downward cross it sells what it holds. It sends
+at most one order at a time and waits for that order's outcome (fill or rejection)
+before deciding again. EMAs are float maths on the mid (features, not money); order
+quantities are exact decimals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+
+from actors.strategies.base import Strategy, parse_params
+from engine.messages import BestBidOffer, Fill, OrderIntent, OrderType, OrderUpdate, RiskRejected, Side
+
+
+class EmaCrossParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    fast: int = 10
+    slow: int = 20
+    qty: Decimal = Decimal(10)
+    symbol: str | None = None
+    """Trade only this symbol (default: every symbol on the feed)."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.fast < self.slow:
+            raise ValueError("need 1 <= fast < slow")
+        if self.qty <= 0:
+            raise ValueError("qty must be positive")
+
+
+class _SymbolState:
+    __slots__ = ("count", "fast", "last_above", "pending", "position", "slow")
+
+    def __init__(self) -> None:
+        self.fast = 0.0
+        self.slow = 0.0
+        self.count = 0
+        self.last_above: bool | None = None
+        self.position = Decimal(0)
+        self.pending: str | None = None
+
+
+class EmaCross(Strategy):
+    def __init__(self, name: str, params: EmaCrossParams) -> None:
+        self.name = name
+        self.params = params
+        self._alpha_fast = 2.0 / (params.fast + 1)
+        self._alpha_slow = 2.0 / (params.slow + 1)
+        self._states: dict[str, _SymbolState] = {}
+        self._seq = 0
+
+    @classmethod
+    def from_params(cls, name: str, params: Mapping[str, Any]) -> EmaCross:
+        return cls(name, parse_params(params, EmaCrossParams, name))
+
+    def _intent(self, symbol: str, side: Side, qty: Decimal, now_ns: int) -> OrderIntent:
+        self._seq += 1
+        return OrderIntent(
+            intent_id=f"{self.name}-{self._seq}",
+            strategy=self.name,
+            symbol=symbol,
+            side=side,
+            qty=qty,
+            order_type=OrderType.MARKET,
+            ts_init=now_ns,
+        )
+
+    def on_bbo(self, bbo: BestBidOffer, now_ns: int) -> list[OrderIntent]:
+        if self.params.symbol is not None and bbo.symbol != self.params.symbol:
+            return []
+        state = self._states.get(bbo.symbol)
+        if state is None:
+            state = self._states[bbo.symbol] = _SymbolState()
+        mid = float(bbo.bid_price + bbo.ask_price) / 2.0
+        if state.count == 0:
+            state.fast = state.slow = mid
+        else:
+            state.fast += self._alpha_fast * (mid - state.fast)
+            state.slow += self._alpha_slow * (mid - state.slow)
+        state.count += 1
+        if state.count < self.params.slow:
+            return []
+        above = state.fast > state.slow
+        crossed = state.last_above is not None and above != state.last_above
+        state.last_above = above
+        if not crossed or state.pending is not None:
+            return []
+        if above and state.position <= 0:
+            intent = self._intent(bbo.symbol, Side.BUY, self.params.qty - state.position, now_ns)
+        elif not above and state.position > 0:
+            intent = self._intent(bbo.symbol, Side.SELL, state.position, now_ns)
+        else:
+            return []
+        state.pending = intent.intent_id
+        return [intent]
+
+    def restore_positions(self, positions: Mapping[str, Decimal]) -> None:
+        for symbol, qty in positions.items():
+            self._states.setdefault(symbol, _SymbolState()).position = qty
+
+    def on_fill(self, fill: Fill, now_ns: int) -> list[OrderIntent]:
+        state = self._states.get(fill.symbol)
+        if state is not None:
+            state.position += fill.qty * fill.side.sign
+        return []
+
+    def on_order_update(self, update: OrderUpdate, now_ns: int) -> list[OrderIntent]:
+        if update.status.is_terminal:
+            for state in self._states.values():
+                if state.pending is not None and state.pending == update.intent_id:
+                    state.pending = None
+        return []
+
+    def on_rejected(self, rejection: RiskRejected, now_ns: int) -> list[OrderIntent]:
+        state = self._states.get(rejection.symbol)
+        if state is not None and state.pending == rejection.intent_id:
+            state.pending = None
+        return []

@@ -1,0 +1,78 @@
+"""The strategy actor: hosts one :class:`~actors.strategies.base.Strategy`.
+
+It feeds the strategy market data and the outcomes of its own orders, and publishes the
+intents the strategy returns on ``order.intent``. Market data is conflated per symbol
+when the strategy falls behind (see the mailbox policy the composition root sets).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from actors.strategies.base import Strategy
+from engine import topics
+from engine.actor import Actor
+from engine.messages import (
+    ActorStats,
+    BestBidOffer,
+    Fill,
+    OrderIntent,
+    OrderUpdate,
+    PortfolioQuery,
+    PortfolioSnapshot,
+    RiskRejected,
+    StatsQuery,
+    TradeTick,
+)
+
+
+class StrategyActor(Actor):
+    def __init__(self, build: Callable[[], Strategy], portfolio_address: str) -> None:
+        self.strategy = build()
+        self.portfolio_address = portfolio_address
+        self.intents = 0
+
+    async def on_start(self) -> None:
+        for topic in (topics.MD_BBO, topics.MD_TRADE, topics.ORDER_FILL, topics.ORDER_EVENT):
+            self.ctx.subscribe(topic)
+        if self.ctx.restarts:
+            # A fresh instance knows nothing: ask the ledger what we hold.
+            snapshot: PortfolioSnapshot = await self.ctx.request(self.portfolio_address, PortfolioQuery())
+            self.strategy.restore_positions(snapshot.positions)
+            self.ctx.log.info(
+                "strategy_state_rebuilt",
+                strategy=self.strategy.name,
+                source=self.portfolio_address,
+                positions={k: str(v) for k, v in snapshot.positions.items()},
+            )
+
+    async def handle(self, message: Any) -> Any:
+        strategy = self.strategy
+        now = self.ctx.clock.time_ns()
+        kind = type(message)
+        intents: list[OrderIntent]
+        if kind is BestBidOffer:
+            intents = strategy.on_bbo(message, now)
+        elif kind is TradeTick:
+            intents = strategy.on_trade(message, now)
+        elif kind is Fill:
+            if message.strategy != strategy.name:
+                return None
+            intents = strategy.on_fill(message, now)
+        elif kind is OrderUpdate:
+            if message.strategy != strategy.name:
+                return None
+            intents = strategy.on_order_update(message, now)
+        elif kind is RiskRejected:
+            if message.strategy != strategy.name:
+                return None
+            intents = strategy.on_rejected(message, now)
+        elif kind is StatsQuery:
+            return ActorStats(counters={"intents": self.intents})
+        else:
+            raise TypeError(f"strategy actor cannot handle {kind.__name__}")
+        for intent in intents:
+            self.intents += 1
+            await self.ctx.publish(topics.ORDER_INTENT, intent)
+        return None

@@ -1,0 +1,195 @@
+"""Reader for LEAN-format US equity tick files (``<sym>/<YYYYMMDD>_{quote,trade}.zip``).
+
+Each zip holds one header-less CSV. Times are milliseconds after midnight, New York
+time, on the date in the file name; prices are integers, dollars × 10,000 (exactly
+representable as :class:`~decimal.Decimal`).
+
+- trade row: ``ms, price, size, exchange, sale_condition, suspicious``
+- quote row: ``ms, bid_price, bid_size, ask_price, ask_size, exchange, condition, suspicious``
+  — one-sided: the side not carried is ``0, 0``. Rows come in pairs of equal time, a
+  bid row then an ask row, each naming the exchange where that side's national best
+  rests; they are national best bid/offer updates, so quotes are marked ``national``.
+
+:func:`read_events` merges a day's quote and trade files into one time-ordered stream
+of :class:`~engine.messages.ExchangeQuote` and :class:`~engine.messages.TradeTick`.
+It streams (never loads a whole file) and raises :class:`~engine.errors.DataError`
+naming the file and line of the first row it cannot read.
+
+This is blocking file I/O: the async :func:`read_batches` runs it in a worker thread,
+a batch at a time, so the event loop never waits on the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import heapq
+import io
+import re
+import zipfile
+from collections.abc import AsyncIterator, Iterator, Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import Final
+from zoneinfo import ZoneInfo
+
+from engine.errors import DataError
+from engine.messages import ExchangeQuote, TradeTick
+
+PROVIDER: Final = "lean-ticks"
+NEW_YORK: Final = ZoneInfo("America/New_York")
+_NAME = re.compile(r"^(?P<date>\d{8})_(?P<kind>quote|trade)\.zip$")
+_PRICE_EXP: Final = -4
+
+Tick = ExchangeQuote | TradeTick
+
+
+def _midnight_ns(date: str, source: str) -> int:
+    try:
+        day = dt.datetime.strptime(date, "%Y%m%d").replace(tzinfo=NEW_YORK)
+    except ValueError:
+        raise DataError(source, None, f"file name date {date!r} is not a valid YYYYMMDD date") from None
+    return int(day.timestamp()) * 1_000_000_000
+
+
+def symbol_for(path: Path, explicit: str | None) -> str:
+    """The symbol a file holds: ``explicit`` if given, else its folder's name, upper-cased."""
+    return (explicit or path.parent.name).upper()
+
+
+def _rows(path: Path) -> Iterator[tuple[int, list[str]]]:
+    source = str(path)
+    try:
+        archive = zipfile.ZipFile(path)
+    except FileNotFoundError:
+        raise DataError(source, None, "no such file") from None
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise DataError(source, None, f"not a readable zip archive ({exc})") from None
+    with archive:
+        members = [m for m in archive.namelist() if not m.endswith("/")]
+        if len(members) != 1:
+            raise DataError(source, None, f"expected exactly one CSV in the archive, found {len(members)}")
+        try:
+            with archive.open(members[0]) as raw:
+                text = io.TextIOWrapper(raw, encoding="ascii", newline="")
+                for lineno, line in enumerate(text, start=1):
+                    line = line.strip()
+                    if line:
+                        yield lineno, line.split(",")
+        except (zipfile.BadZipFile, EOFError, UnicodeDecodeError, OSError) as exc:
+            raise DataError(
+                source, None, f"archive is corrupt or truncated ({type(exc).__name__}: {exc})"
+            ) from None
+
+
+def _read_quotes(path: Path, symbol: str, midnight_ns: int) -> Iterator[tuple[int, int, ExchangeQuote]]:
+    source = str(path)
+    last = -1
+    for lineno, f in _rows(path):
+        if len(f) != 8:
+            raise DataError(source, lineno, f"quote row has {len(f)} fields, expected 8")
+        try:
+            ms = int(f[0])
+            bid_px, bid_sz, ask_px, ask_sz = int(f[1]), int(f[2]), int(f[3]), int(f[4])
+            suspicious = f[7] == "1"
+        except ValueError as exc:
+            raise DataError(source, lineno, f"not an integer field ({exc})") from None
+        if ms < last:
+            raise DataError(source, lineno, f"time goes backwards ({ms} ms after {last} ms)")
+        if min(ms, bid_px, bid_sz, ask_px, ask_sz) < 0:
+            raise DataError(source, lineno, "negative time, price or size")
+        if f[7] not in ("0", "1"):
+            raise DataError(source, lineno, f"suspicious flag must be 0 or 1, got {f[7]!r}")
+        last = ms
+        has_bid = bid_px > 0 or bid_sz > 0
+        has_ask = ask_px > 0 or ask_sz > 0
+        ts = midnight_ns + ms * 1_000_000
+        yield (
+            ts,
+            0,
+            ExchangeQuote(
+                symbol=symbol,
+                exchange=f[5],
+                national=True,
+                bid_price=Decimal(bid_px).scaleb(_PRICE_EXP) if has_bid else None,
+                bid_size=bid_sz if has_bid else None,
+                ask_price=Decimal(ask_px).scaleb(_PRICE_EXP) if has_ask else None,
+                ask_size=ask_sz if has_ask else None,
+                suspicious=suspicious,
+                provider=PROVIDER,
+                ts_event=ts,
+                ts_recv=ts,
+            ),
+        )
+
+
+def _read_trades(path: Path, symbol: str, midnight_ns: int) -> Iterator[tuple[int, int, TradeTick]]:
+    source = str(path)
+    last = -1
+    for lineno, f in _rows(path):
+        if len(f) != 6:
+            raise DataError(source, lineno, f"trade row has {len(f)} fields, expected 6")
+        try:
+            ms, price, size = int(f[0]), int(f[1]), int(f[2])
+        except ValueError as exc:
+            raise DataError(source, lineno, f"not an integer field ({exc})") from None
+        if ms < last:
+            raise DataError(source, lineno, f"time goes backwards ({ms} ms after {last} ms)")
+        if price <= 0 or size < 0:
+            raise DataError(source, lineno, "trade price must be positive and size not negative")
+        if f[5] not in ("0", "1"):
+            raise DataError(source, lineno, f"suspicious flag must be 0 or 1, got {f[5]!r}")
+        last = ms
+        ts = midnight_ns + ms * 1_000_000
+        yield (
+            ts,
+            1,
+            TradeTick(
+                symbol=symbol,
+                exchange=f[3],
+                price=Decimal(price).scaleb(_PRICE_EXP),
+                size=size,
+                suspicious=f[5] == "1",
+                provider=PROVIDER,
+                ts_event=ts,
+                ts_recv=ts,
+            ),
+        )
+
+
+def read_events(paths: Sequence[Path], symbol: str | None = None) -> Iterator[Tick]:
+    """All ticks of ``paths`` in time order (quotes before trades at equal times)."""
+    streams: list[Iterator[tuple[int, int, Tick]]] = []
+    for path in paths:
+        match = _NAME.match(path.name)
+        if match is None:
+            raise DataError(
+                str(path), None, "not a LEAN tick file (expected YYYYMMDD_quote.zip or YYYYMMDD_trade.zip)"
+            )
+        sym = symbol_for(path, symbol)
+        midnight = _midnight_ns(match["date"], str(path))
+        reader = _read_quotes if match["kind"] == "quote" else _read_trades
+        streams.append(reader(path, sym, midnight))
+    for _, _, tick in heapq.merge(*streams, key=lambda item: (item[0], item[1])):
+        yield tick
+
+
+async def read_batches(
+    paths: Sequence[Path], symbol: str | None = None, batch_size: int = 4096
+) -> AsyncIterator[list[Tick]]:
+    """:func:`read_events` in batches, each read in a worker thread."""
+    events = read_events(paths, symbol)
+
+    def next_batch() -> list[Tick]:
+        batch: list[Tick] = []
+        for tick in events:
+            batch.append(tick)
+            if len(batch) >= batch_size:
+                break
+        return batch
+
+    while True:
+        batch = await asyncio.to_thread(next_batch)
+        if not batch:
+            return
+        yield batch

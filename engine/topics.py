@@ -1,0 +1,28 @@
+"""Bus topic names: the one list of who talks to whom.
+
+=================  ==========================================  ===========================
+topic              messages                                    from → to
+=================  ==========================================  ===========================
+``md.raw``         ExchangeQuote, TradeTick                    feed adapters → pricing
+``md.bbo``         BestBidOffer                                pricing → strategies, risk, venue
+``md.trade``       TradeTick (clean)                           pricing → strategies
+``order.intent``   OrderIntent                                 strategies → risk
+``order.approved`` ApprovedOrder                               risk → order manager
+``venue.command``  SubmitOrder, CancelOrder                    order manager → venue adapter
+``venue.report``   OrderUpdate, VenueExecution                 venue adapter → order manager
+``order.fill``     Fill                                        order manager → settlement, strategies
+``order.event``    RiskRejected, OrderUpdate                   risk, order manager → strategies
+=================  ==========================================  ===========================
+"""
+
+from typing import Final
+
+MD_RAW: Final = "md.raw"
+MD_BBO: Final = "md.bbo"
+MD_TRADE: Final = "md.trade"
+ORDER_INTENT: Final = "order.intent"
+ORDER_APPROVED: Final = "order.approved"
+VENUE_COMMAND: Final = "venue.command"
+VENUE_REPORT: Final = "venue.report"
+ORDER_FILL: Final = "order.fill"
+ORDER_EVENT: Final = "order.event"

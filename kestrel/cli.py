@@ -1,0 +1,180 @@
+"""The ``kestrel`` command.
+
+Exit codes: 0 success; 2 a user error (bad flag, file, config key or data row: one
+line on stderr, no traceback); 3 the engine stopped itself because a supervisor gave up;
+70 an internal error (a bug: the traceback is in the log file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Final, NoReturn
+
+import msgspec
+
+from engine.config import Config, check_live_confirmation, load_config, load_credentials, render_config
+from engine.errors import SupervisorGaveUp, UserError
+from engine.logs import configure_logging, console_for_stderr, get_logger, shutdown_logging
+from engine.secrets import scrub
+from kestrel.node import SessionOptions, SessionSummary, run_paper_session
+
+EXIT_USER_ERROR: Final = 2
+EXIT_GAVE_UP: Final = 3
+EXIT_INTERNAL: Final = 70
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USER_ERROR, f"kestrel: error: {message}\n")
+
+
+def _speed(value: str) -> float | None:
+    if value == "max":
+        return None
+    try:
+        speed = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'max' or a positive number, got {value!r}") from None
+    if not speed > 0:
+        raise argparse.ArgumentTypeError(f"expected 'max' or a positive number, got {value!r}")
+    return speed
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="kestrel", description="Kestrel: an actor-based trading engine that never loses an order."
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    run = commands.add_parser("run", help="run a paper session (default: the bundled IBM day, ema-cross)")
+    run.add_argument("--config", type=Path, help="TOML config file (default: the embedded defaults)")
+    run.add_argument("--profile", help="apply [profiles.NAME] from the config")
+    run.add_argument("--strategy", help="strategy name (overrides [strategy] name)")
+    run.add_argument("--log", type=Path, help="JSON log file (overrides [log] path)")
+    run.add_argument(
+        "--speed", type=_speed, default=None, metavar="max|FACTOR", help="replay speed (default: max)"
+    )
+    run.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    run.add_argument("--confirm-live", action="store_true", help='required with mode = "live"')
+
+    check = commands.add_parser("check-config", help="validate a config file and print the effective config")
+    check.add_argument("file", type=Path)
+    check.add_argument("--profile", help="apply [profiles.NAME] from the config")
+    return parser
+
+
+def _fail(message: str, code: int) -> int:
+    sys.stderr.write(f"kestrel: error: {scrub(message)}\n")
+    return code
+
+
+def _load(args: argparse.Namespace) -> Config:
+    profile = args.profile or os.environ.get("KESTREL_PROFILE") or None
+    config, _ = load_config(args.config if args.command == "run" else args.file, profile)
+    return config
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = _load(args)
+    credentials = load_credentials(config, os.environ, required=False)
+    sys.stdout.write(render_config(config, credentials) + "\n")
+    return 0
+
+
+class _Progress:
+    """A single self-rewriting status line on a terminal."""
+
+    def __init__(self) -> None:
+        self.stream = sys.stderr
+
+    def __call__(self, ticks: int, sim_ns: int) -> None:
+        when = dt.datetime.fromtimestamp(sim_ns / 1e9, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        self.stream.write(f"\r[kestrel] {ticks:>10,} ticks  sim time {when}")
+        self.stream.flush()
+
+    def done(self) -> None:
+        self.stream.write("\r" + " " * 60 + "\r")
+        self.stream.flush()
+
+
+def _print_summary(summary: SessionSummary) -> None:
+    out = sys.stdout
+    positions = ", ".join(f"{s} {q}" for s, q in summary.positions.items()) or "flat"
+    reasons = ", ".join(f"{r} {n}" for r, n in sorted(summary.rejections_by_reason.items())) or "none"
+    out.write(
+        f"Kestrel paper session: {summary.strategy}, seed {summary.seed}\n"
+        f"  ticks          {summary.ticks:,} in {summary.wall_s:.2f} s ({summary.ticks_per_s:,.0f} ticks/s)\n"
+        f"  orders         {summary.orders:,}\n"
+        f"  fills          {summary.fills:,}\n"
+        f"  rejected       {summary.rejected:,} ({reasons})\n"
+        f"  positions      {positions}\n"
+        f"  cash           {summary.cash}\n"
+        f"  realized P&L   {summary.realized_pnl} (fees {summary.fees})\n"
+        f"  filtered       {summary.quotes_suspicious} suspicious, {summary.quotes_crossed} crossed quotes\n"
+    )
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency everywhere but Windows
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _load(args)
+    check_live_confirmation(config, args.confirm_live, os.environ)
+    # Credentials are optional for the simulator, but a placeholder is refused even so.
+    load_credentials(config, os.environ, required=False)
+    log_path = args.log or (Path(config.log.path) if config.log.path else None)
+    configure_logging(log_path, config.log.level, console_for_stderr())
+    progress = _Progress() if sys.stderr.isatty() and not args.json else None
+    options = SessionOptions(strategy=args.strategy, speed=args.speed, progress=progress)
+    with asyncio.Runner(loop_factory=_new_loop) as runner:
+        summary = runner.run(run_paper_session(config, options))
+    if progress is not None:
+        progress.done()
+    if args.json:
+        sys.stdout.write(msgspec.json.encode(summary).decode() + "\n")
+    else:
+        _print_summary(summary)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USER_ERROR
+    handlers: dict[str, Any] = {"run": cmd_run, "check-config": cmd_check_config}
+    log = get_logger(actor="cli")
+    try:
+        code: int = handlers[args.command](args)
+        return code
+    except UserError as exc:
+        log.error("user_error", error=str(exc))
+        return _fail(str(exc), EXIT_USER_ERROR)
+    except SupervisorGaveUp as exc:
+        return _fail(f"engine stopped: {exc}", EXIT_GAVE_UP)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        log.critical("internal_error", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+        return _fail(
+            f"internal error: {type(exc).__name__}: {exc} (the traceback is in the log file)", EXIT_INTERNAL
+        )
+    finally:
+        shutdown_logging()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

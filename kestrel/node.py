@@ -1,0 +1,205 @@
+"""The composition root: the one module that knows every concrete class.
+
+It builds a process from a :class:`~engine.config.Config`: the bus, the clock, the
+supervision tree of actors and adapters, and the feed, then runs it.
+
+The paper session (``kestrel run``) supervises, in start order (downstream first, so
+every subscriber exists before anything upstream publishes)::
+
+    settlement ← order-manager ← venue ← risk ← strategy ← pricing ← (replayed feed)
+
+under one ``one_for_one`` root supervisor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+
+from actors.order_manager import OrderManagerActor
+from actors.pricing import PricingActor
+from actors.risk import RiskActor
+from actors.settlement import SettlementActor
+from actors.strategies import STRATEGIES
+from actors.strategies.base import Strategy
+from actors.strategy_host import StrategyActor
+from adapters.lean_ticks import read_batches
+from adapters.sim_venue import SimulatedVenue
+from engine import topics
+from engine.bus import Bus
+from engine.clock import NS_PER_S, LiveClock, SimClock, perf_ns
+from engine.config import Config
+from engine.errors import ConfigError
+from engine.logs import get_logger, set_log_clock
+from engine.mailbox import Policy, conflate_by
+from engine.messages import ActorStats, BestBidOffer, PortfolioQuery, PortfolioSnapshot, StatsQuery
+from engine.replay import Pacer, ReplayResult, replay
+from engine.supervisor import ActorSpec, Supervisor, SupervisorSpec
+from engine.supervisor import Strategy as SupervisionStrategy
+from simulations.sample_data import SAMPLE_FILES
+
+SETTLEMENT = "settlement"
+ORDER_MANAGER = "order-manager"
+VENUE = "venue"
+RISK = "risk"
+STRATEGY = "strategy"
+PRICING = "pricing"
+
+
+class SessionSummary(msgspec.Struct, kw_only=True):
+    """What ``kestrel run --json`` prints."""
+
+    ticks: int
+    orders: int
+    fills: int
+    rejected: int
+    rejections_by_reason: dict[str, int]
+    positions: dict[str, str]
+    cash: str
+    realized_pnl: str
+    fees: str
+    wall_s: float
+    ticks_per_s: float
+    strategy: str
+    seed: int
+    data_files: list[str]
+    sim_start_ns: int | None
+    sim_end_ns: int | None
+    quotes_suspicious: int
+    quotes_crossed: int
+    actor_crashes: int
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    strategy: str | None = None
+    """Overrides ``[strategy] name``."""
+    speed: float | None = None
+    """None: as fast as possible; else a multiple of real time."""
+    progress: Callable[[int, int], None] | None = None
+    """Called now and then with (ticks so far, simulated time ns)."""
+
+
+def strategy_factory(config: Config, name: str) -> Callable[[], Strategy]:
+    try:
+        make = STRATEGIES[name]
+    except KeyError:
+        known = ", ".join(sorted(STRATEGIES))
+        raise ConfigError(
+            "strategy", [("strategy.name", f"unknown strategy {name!r} (known: {known})")]
+        ) from None
+    params = config.strategy.params
+    make(name, params)  # validate now, so a bad parameter is a clear error before anything starts
+    return lambda: make(name, params)
+
+
+def session_tree(config: Config, build_strategy: Callable[[], Strategy]) -> SupervisorSpec:
+    by_symbol = conflate_by(lambda m: m.symbol)
+    market_data: dict[type, Policy] = {BestBidOffer: by_symbol}
+    return SupervisorSpec(
+        "root",
+        [
+            ActorSpec(SETTLEMENT, lambda: SettlementActor(config.venue.starting_cash, ORDER_MANAGER)),
+            ActorSpec(ORDER_MANAGER, lambda: OrderManagerActor(config.engine.run_id)),
+            ActorSpec(VENUE, lambda: SimulatedVenue(config.venue.fee_per_share)),
+            ActorSpec(RISK, lambda: RiskActor(config.risk), policies=market_data),
+            ActorSpec(STRATEGY, lambda: StrategyActor(build_strategy, SETTLEMENT)),
+            ActorSpec(PRICING, PricingActor),
+        ],
+        strategy=SupervisionStrategy.ONE_FOR_ONE,
+        max_restarts=5,
+        period_s=10.0,
+    )
+
+
+def data_files(config: Config) -> list[Path]:
+    return [Path(f) for f in config.data.files] or list(SAMPLE_FILES)
+
+
+async def run_paper_session(config: Config, options: SessionOptions) -> SessionSummary:
+    """Replay the configured recording through the full actor set; return the summary."""
+    log = get_logger(actor="node")
+    strategy_name = options.strategy or config.strategy.name
+    build_strategy = strategy_factory(config, strategy_name)
+    files = data_files(config)
+    clock = SimClock()
+    set_log_clock(clock)
+    bus = Bus()
+    root = Supervisor(session_tree(config, build_strategy), bus, clock, random.Random(config.engine.seed))
+    pacer = Pacer(options.speed, LiveClock()) if options.speed is not None else None
+    log.info(
+        "session_starting", strategy=strategy_name, seed=config.engine.seed, files=[str(f) for f in files]
+    )
+
+    started = perf_ns()
+    root_task = asyncio.create_task(root.run(), name="root-supervisor")
+    try:
+        await asyncio.wait(
+            [asyncio.ensure_future(root.started()), root_task], return_when=asyncio.FIRST_COMPLETED
+        )
+        if root_task.done():
+            await root_task  # raises why it could not start
+        feed_task = asyncio.create_task(
+            replay(
+                read_batches(files, config.data.symbol), clock, bus, topics.MD_RAW, pacer, options.progress
+            )
+        )
+        await asyncio.wait([feed_task, root_task], return_when=asyncio.FIRST_COMPLETED)
+        if root_task.done():
+            feed_task.cancel()
+            await asyncio.gather(feed_task, return_exceptions=True)
+            await root_task  # the supervisor gave up: raise its SupervisorGaveUp
+        result = await feed_task
+        await bus.idle()
+        wall_s = (perf_ns() - started) / NS_PER_S
+        summary = await _summarise(bus, root, config, strategy_name, files, result, wall_s)
+    finally:
+        root_task.cancel()
+        await asyncio.gather(root_task, return_exceptions=True)
+        set_log_clock(None)
+    log.info(
+        "session_finished", **{k: v for k, v in msgspec.to_builtins(summary).items() if k != "data_files"}
+    )
+    return summary
+
+
+async def _summarise(
+    bus: Bus,
+    root: Supervisor,
+    config: Config,
+    strategy: str,
+    files: list[Path],
+    result: ReplayResult,
+    wall_s: float,
+) -> SessionSummary:
+    portfolio: PortfolioSnapshot = await bus.request(SETTLEMENT, PortfolioQuery())
+    orders: ActorStats = await bus.request(ORDER_MANAGER, StatsQuery())
+    risk: ActorStats = await bus.request(RISK, StatsQuery())
+    pricing_stats: ActorStats = await bus.request(PRICING, StatsQuery())
+    crashes = sum(s.crashes for s in root.stats.values())
+    return SessionSummary(
+        ticks=result.events,
+        orders=orders.counters["submitted"],
+        fills=portfolio.fills,
+        rejected=risk.counters["rejected"] + orders.counters["venue_rejected"],
+        rejections_by_reason=risk.breakdown.get("rejections_by_reason", {}),
+        positions={symbol: str(qty) for symbol, qty in portfolio.positions.items()},
+        cash=str(portfolio.cash),
+        realized_pnl=str(portfolio.realized_pnl),
+        fees=str(portfolio.fees),
+        wall_s=round(wall_s, 3),
+        ticks_per_s=round(result.events / wall_s, 1) if wall_s > 0 else 0.0,
+        strategy=strategy,
+        seed=config.engine.seed,
+        data_files=[str(f) for f in files],
+        sim_start_ns=result.first_ts_ns,
+        sim_end_ns=result.last_ts_ns,
+        quotes_suspicious=pricing_stats.counters.get("suspicious", 0),
+        quotes_crossed=pricing_stats.counters.get("crossed", 0),
+        actor_crashes=crashes,
+    )
