@@ -1,14 +1,15 @@
 """The settlement actor: the ledger of positions, cash and realised P&L, built from fills.
 
-Positions may be long or short. Realised P&L uses average cost: adding to a position
-moves its average price; reducing it realises ``(price - average) × qty`` in the
-position's direction; crossing through zero closes the old position and opens the rest
-at the fill price. Cash moves by ``∓ price × qty`` and fees. All arithmetic is decimal.
+Positions may be long or short, kept as first-in-first-out lots: a fill first closes
+the oldest opposite lots, realising ``(price - lot price) × qty`` in the lot's
+direction, and opens a new lot with what is left. Cash moves by ``∓ price × qty`` and
+fees; realised P&L is net of fees. All arithmetic is decimal and no step divides, so a
+book that returns to flat has realised exactly its change in cash.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import deque
 from decimal import Decimal
 from typing import Any
 
@@ -27,10 +28,21 @@ from engine.messages import (
 ZERO = Decimal(0)
 
 
-@dataclass
 class Position:
-    qty: Decimal = ZERO
-    avg_price: Decimal = ZERO
+    """A position as first-in-first-out lots of (signed quantity, price)."""
+
+    __slots__ = ("lots", "qty")
+
+    def __init__(self) -> None:
+        self.qty = ZERO
+        self.lots: deque[list[Decimal]] = deque()
+
+    @property
+    def avg_price(self) -> Decimal:
+        """Average price of the open lots (for display; realised P&L never divides)."""
+        if not self.qty:
+            return ZERO
+        return sum((q * p for q, p in self.lots), ZERO) / self.qty
 
 
 class Ledger:
@@ -50,25 +62,29 @@ class Ledger:
             return False
         self.execution_ids.add(fill.execution_id)
         signed = fill.qty * fill.side.sign
-        position = self.positions.setdefault(fill.symbol, Position())
-        self.cash -= signed * fill.price + fill.fee
+        price = fill.price
+        position = self.positions.get(fill.symbol)
+        if position is None:
+            position = self.positions[fill.symbol] = Position()
+        self.cash -= signed * price + fill.fee
         self.fees += fill.fee
-        self.fills += 1
-        old = position.qty
-        new = old + signed
-        if old == 0 or (old > 0) == (signed > 0):
-            # Opening or adding: the average moves.
-            position.avg_price = (position.avg_price * abs(old) + fill.price * abs(signed)) / abs(new)
-        else:
-            closed = min(abs(signed), abs(old))
-            direction = 1 if old > 0 else -1
-            self.realized_pnl += (fill.price - position.avg_price) * closed * direction
-            if new == 0:
-                position.avg_price = ZERO
-            elif (new > 0) != (old > 0):
-                position.avg_price = fill.price
-        position.qty = new
         self.realized_pnl -= fill.fee
+        self.fills += 1
+        lots = position.lots
+        remaining = signed
+        # Close opposite lots first, oldest first: exact, no division anywhere.
+        while remaining and lots and (lots[0][0] > 0) != (remaining > 0):
+            lot = lots[0]
+            closed = min(abs(remaining), abs(lot[0]))
+            direction = 1 if lot[0] > 0 else -1
+            self.realized_pnl += (price - lot[1]) * closed * direction
+            lot[0] -= closed * direction
+            remaining += closed * direction
+            if not lot[0]:
+                lots.popleft()
+        if remaining:
+            lots.append([remaining, price])
+        position.qty += signed
         return True
 
     def snapshot(self) -> PortfolioSnapshot:

@@ -34,6 +34,9 @@ class StrategyActor(Actor):
         self.intents = 0
 
     async def on_start(self) -> None:
+        # Intent ids: <strategy>.<incarnation>-<n>, unique even though a restarted
+        # strategy counts from 1 again.
+        self.strategy.intent_prefix = f"{self.strategy.name}.{self.ctx.restarts}"
         for topic in (topics.MD_BBO, topics.MD_TRADE, topics.ORDER_FILL, topics.ORDER_EVENT):
             self.ctx.subscribe(topic)
         if self.ctx.restarts:

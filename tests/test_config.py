@@ -211,3 +211,15 @@ def test_check_config_lists_every_error_and_exits_2(tmp_path: Path) -> None:
     assert f"{path}: engine.mode: expected one of 'paper', 'live', got 'maybe'" in done.stderr
     assert f"{path}: risk.max_order_qty: must be positive" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_shipped_config_lists_every_key_at_its_default() -> None:
+    import msgspec
+
+    shipped, _ = load_config(Path(__file__).resolve().parent.parent / "configs" / "paper.toml")
+    defaults = msgspec.to_builtins(parse_config({}, "defaults"))
+    documented = msgspec.to_builtins(shipped)
+    documented["log"]["path"] = defaults["log"]["path"]
+    documented["strategy"]["params"] = {}
+    assert documented == defaults
+    assert shipped.strategy.params == {"fast": 10, "slow": 20, "qty": 10}

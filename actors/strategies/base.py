@@ -35,6 +35,12 @@ class Strategy:
     """Base class: override the hooks you need; each returns the intents to send."""
 
     name: str
+    intent_prefix: str = ""
+    """Set by the host before any hook runs: makes intent ids unique across restarts."""
+
+    def next_intent_id(self) -> str:
+        self._intent_seq = getattr(self, "_intent_seq", 0) + 1
+        return f"{self.intent_prefix or self.name}-{self._intent_seq}"
 
     def restore_positions(self, positions: Mapping[str, Decimal]) -> None:
         """After a restart: the positions the ledger holds (the strategy's state is gone)."""

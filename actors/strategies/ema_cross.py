@@ -51,16 +51,14 @@ class EmaCross(Strategy):
         self._alpha_fast = 2.0 / (params.fast + 1)
         self._alpha_slow = 2.0 / (params.slow + 1)
         self._states: dict[str, _SymbolState] = {}
-        self._seq = 0
 
     @classmethod
     def from_params(cls, name: str, params: Mapping[str, Any]) -> EmaCross:
         return cls(name, parse_params(params, EmaCrossParams, name))
 
     def _intent(self, symbol: str, side: Side, qty: Decimal, now_ns: int) -> OrderIntent:
-        self._seq += 1
         return OrderIntent(
-            intent_id=f"{self.name}-{self._seq}",
+            intent_id=self.next_intent_id(),
             strategy=self.name,
             symbol=symbol,
             side=side,
