@@ -26,7 +26,9 @@ class ActorContext:
 
     __slots__ = ("_stop_requested", "address", "bus", "clock", "log", "restarts", "rng")
 
-    def __init__(self, address: str, bus: Bus, clock: Clock, log: Logger, rng: random.Random, restarts: int) -> None:
+    def __init__(
+        self, address: str, bus: Bus, clock: Clock, log: Logger, rng: random.Random, restarts: int
+    ) -> None:
         self.address = address
         self.bus = bus
         self.clock = clock

@@ -112,10 +112,11 @@ class SimClock:
         return timer
 
     def call_later(self, delay_s: float, callback: Callable[[], object]) -> TimerHandle:
-        return self.call_at(self._now + int(delay_s * NS_PER_S), callback)
+        # round(), not int(): 2.01 * 1e9 is 2009999999.9999998, and a timer must not fire early.
+        return self.call_at(self._now + round(delay_s * NS_PER_S), callback)
 
     async def sleep(self, delay_s: float) -> None:
-        await self.sleep_until(self._now + int(delay_s * NS_PER_S))
+        await self.sleep_until(self._now + round(delay_s * NS_PER_S))
 
     async def sleep_until(self, when_ns: int) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()

@@ -30,7 +30,9 @@ SECRET_ENV: Final = "APCA_API_SECRET_KEY"
 CONFIRM_LIVE_ENV: Final = "KESTREL_CONFIRM_LIVE"
 PROFILE_ENV: Final = "KESTREL_PROFILE"
 _RUN_ID = re.compile(r"^[A-Za-z0-9]{1,16}$")
-_SECRET_LOOKING_KEYS: Final = frozenset({"secret", "password", "token", "api_key", "key_id", "secret_key", "api_secret"})
+_SECRET_LOOKING_KEYS: Final = frozenset(
+    {"secret", "password", "token", "api_key", "key_id", "secret_key", "api_secret"}
+)
 _SECRET_LOOKING_SUFFIXES: Final = ("_secret", "_token", "_password", "_key_id", "_secret_key")
 _LOADER_FIELDS: Final = frozenset({"profile"})
 

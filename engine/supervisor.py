@@ -117,7 +117,8 @@ class Supervisor:
         self._rng = rng
         self._log = get_logger(actor=self.path)
         self._children: list[_Child] = [_Child(c) for c in spec.children]
-        self._exits: asyncio.Queue[tuple[_Child, BaseException | None]] = asyncio.Queue(maxsize=len(self._children) + 1)
+        # Unbounded: exits of instances already replaced can still be queued (see run()).
+        self._exits: asyncio.Queue[tuple[_Child, asyncio.Task[None], BaseException | None]] = asyncio.Queue()
         self._restart_times: deque[int] = deque()
         self.stats: dict[str, ChildStats] = {c.name: ChildStats() for c in spec.children}
         self._started = asyncio.Event()
@@ -132,8 +133,11 @@ class Supervisor:
             await self._start_from(0)
             self._started.set()
             while True:
-                child, error = await self._exits.get()
-                if child.task is None or child.stopping:
+                child, task, error = await self._exits.get()
+                # An exit queued by an instance that has since been stopped or replaced
+                # (siblings crashing together under rest_for_one / one_for_all) is stale:
+                # acting on it would start a second instance on the same mailbox.
+                if child.task is not task or child.stopping:
                     continue
                 child.task = None
                 await self._on_exit(child, error)
@@ -179,7 +183,9 @@ class Supervisor:
             )
         else:
             self._log.info("child_exited", child=spec.name)
-        restart = spec.restart is Restart.PERMANENT or (spec.restart is Restart.TRANSIENT and error is not None)
+        restart = spec.restart is Restart.PERMANENT or (
+            spec.restart is Restart.TRANSIENT and error is not None
+        )
         if not restart:
             return
         self._check_intensity()
@@ -228,7 +234,9 @@ class Supervisor:
             task = asyncio.create_task(self._run_supervisor(nested, started), name=f"{self.path}/{spec.name}")
         else:
             rng = random.Random(self._seeds[spec.name] + stats.starts)
-            task = asyncio.create_task(self._run_actor(child, spec, rng, stats.starts - 1, started), name=spec.name)
+            task = asyncio.create_task(
+                self._run_actor(child, spec, rng, stats.starts - 1, started), name=spec.name
+            )
         child.task = task
         task.add_done_callback(lambda t, c=child: self._on_task_done(c, t))  # type: ignore[misc]
         # Ordered start: the next sibling starts only once this one is up (or failed).
@@ -240,7 +248,7 @@ class Supervisor:
         if child.task is not task or child.stopping:
             return
         error = None if task.cancelled() else task.exception()
-        self._exits.put_nowait((child, error))
+        self._exits.put_nowait((child, task, error))
 
     async def _stop_from(self, first: int, skip: _Child | None = None) -> None:
         for child in reversed(self._children[first:]):
@@ -261,10 +269,14 @@ class Supervisor:
                 task.cancel()
             done, _ = await asyncio.wait([task], timeout=child.spec.shutdown_timeout_s)
             if not done:
-                self._log.warning("child_shutdown_timeout", child=child.spec.name, timeout_s=child.spec.shutdown_timeout_s)
+                self._log.warning(
+                    "child_shutdown_timeout", child=child.spec.name, timeout_s=child.spec.shutdown_timeout_s
+                )
                 task.cancel()
                 await asyncio.wait([task])
         if not task.cancelled() and task.exception() is not None:
+            # It crashed on its own before (or while) being stopped: still a crash.
+            self.stats[child.spec.name].crashes += 1
             self._log.error("child_failed_while_stopping", child=child.spec.name, exc_info=task.exception())
 
     # ------------------------------------------------------------ runners

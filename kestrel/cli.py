@@ -137,7 +137,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     log_path = args.log or (Path(config.log.path) if config.log.path else None)
     configure_logging(log_path, config.log.level, console_for_stderr())
     if credentials is not None:
-        get_logger(actor="cli").info("credentials_loaded", source=credentials.source, key_id=credentials.key_id)
+        log = get_logger(actor="cli")
+        log.info("credentials_loaded", source=credentials.source, key_id=credentials.key_id)
     progress = _Progress() if sys.stderr.isatty() and not args.json else None
     options = SessionOptions(strategy=args.strategy, speed=args.speed, progress=progress)
     with asyncio.Runner(loop_factory=_new_loop) as runner:

@@ -65,7 +65,17 @@ def _calls(tree: ast.AST) -> list[tuple[int, str]]:
     return found
 
 
-FORBIDDEN_CALLS = {"time.sleep", "time.time", "time.time_ns", "time.monotonic", "datetime.now", "datetime.utcnow", "asyncio.sleep", "__import__", "importlib.import_module"}
+FORBIDDEN_CALLS = {
+    "time.sleep",
+    "time.time",
+    "time.time_ns",
+    "time.monotonic",
+    "datetime.now",
+    "datetime.utcnow",
+    "asyncio.sleep",
+    "__import__",
+    "importlib.import_module",
+}
 
 
 def test_time_is_read_only_through_the_engine_clock() -> None:

@@ -13,7 +13,9 @@ import orjson
 from tests.helpers import random_walk_day, write_lean_zip
 
 
-def kestrel(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def kestrel(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "kestrel.cli", *args],
         capture_output=True,
@@ -47,8 +49,15 @@ def test_the_default_demo_trades_and_prints_its_summary(tmp_path: Path) -> None:
 def test_same_data_and_seed_give_the_same_session(tmp_path: Path) -> None:
     files = random_walk_day(tmp_path, quotes=3000, seed=3)
     config = tmp_path / "k.toml"
-    config.write_text(f"[data]\nfiles = {orjson.dumps([str(f) for f in files]).decode()}\n[engine]\nseed = 11\n")
-    runs = [orjson.loads(kestrel("run", "--json", "--config", str(config), "--log", str(tmp_path / f"{i}.jsonl")).stdout) for i in range(2)]
+    config.write_text(
+        f"[data]\nfiles = {orjson.dumps([str(f) for f in files]).decode()}\n[engine]\nseed = 11\n"
+    )
+    runs = [
+        orjson.loads(
+            kestrel("run", "--json", "--config", str(config), "--log", str(tmp_path / f"{i}.jsonl")).stdout
+        )
+        for i in range(2)
+    ]
     for run in runs:
         del run["wall_s"], run["ticks_per_s"]
     assert runs[0] == runs[1]
@@ -59,7 +68,9 @@ def test_human_summary_and_strategy_flag(tmp_path: Path) -> None:
     files = random_walk_day(tmp_path, quotes=500)
     config = tmp_path / "k.toml"
     config.write_text(f"[data]\nfiles = {orjson.dumps([str(f) for f in files]).decode()}\n")
-    done = kestrel("run", "--config", str(config), "--strategy", "ema-cross", "--log", str(tmp_path / "l.jsonl"))
+    done = kestrel(
+        "run", "--config", str(config), "--strategy", "ema-cross", "--log", str(tmp_path / "l.jsonl")
+    )
     assert done.returncode == 0, done.stderr
     assert "Kestrel paper session: ema-cross" in done.stdout
     assert "orders" in done.stdout and "realized P&L" in done.stdout
@@ -70,7 +81,9 @@ def test_speed_factor_paces_the_replay(tmp_path: Path) -> None:
     files = random_walk_day(tmp_path, quotes=20)
     config = tmp_path / "k.toml"
     config.write_text(f"[data]\nfiles = {orjson.dumps([str(f) for f in files]).decode()}\n")
-    done = kestrel("run", "--json", "--speed", "10", "--config", str(config), "--log", str(tmp_path / "l.jsonl"))
+    done = kestrel(
+        "run", "--json", "--speed", "10", "--config", str(config), "--log", str(tmp_path / "l.jsonl")
+    )
     assert done.returncode == 0, done.stderr
     assert orjson.loads(done.stdout)["wall_s"] >= 0.18
 
@@ -85,19 +98,27 @@ def _assert_user_error(done: subprocess.CompletedProcess[str], *fragments: str) 
 def test_bad_input_gets_one_clear_line_and_exit_2(tmp_path: Path) -> None:
     _assert_user_error(kestrel("run", "--bogus"), "unrecognized arguments: --bogus")
     _assert_user_error(kestrel("run", "--speed", "fast"), "expected 'max' or a positive number")
-    _assert_user_error(kestrel("run", "--config", str(tmp_path / "missing.toml")), "missing.toml: no such file")
+    _assert_user_error(
+        kestrel("run", "--config", str(tmp_path / "missing.toml")), "missing.toml: no such file"
+    )
     malformed = tmp_path / "bad.toml"
     malformed.write_text("[engine\n")
     _assert_user_error(kestrel("run", "--config", str(malformed)), "bad.toml: malformed TOML")
-    _assert_user_error(kestrel("run", "--strategy", "nope", "--log", str(tmp_path / "l")), "unknown strategy 'nope'")
+    _assert_user_error(
+        kestrel("run", "--strategy", "nope", "--log", str(tmp_path / "l")), "unknown strategy 'nope'"
+    )
     params = tmp_path / "params.toml"
     params.write_text("[strategy.params]\nfast = 30\nslow = 20\n")
-    _assert_user_error(kestrel("run", "--config", str(params), "--log", str(tmp_path / "l")), "strategy.params")
+    _assert_user_error(
+        kestrel("run", "--config", str(params), "--log", str(tmp_path / "l")), "strategy.params"
+    )
 
 
 def test_a_corrupt_recording_row_names_file_and_line(tmp_path: Path) -> None:
     good = (34200000, 1000000, 100, 0, 0, "P", 1, 0)
-    quotes = write_lean_zip(tmp_path / "xyz" / "20240102_quote.zip", [good, good, (34200001, "1o0", 100, 0, 0, "P", 1, 0)])
+    quotes = write_lean_zip(
+        tmp_path / "xyz" / "20240102_quote.zip", [good, good, (34200001, "1o0", 100, 0, 0, "P", 1, 0)]
+    )
     config = tmp_path / "k.toml"
     config.write_text(f'[data]\nfiles = ["{quotes}"]\n')
     done = kestrel("run", "--config", str(config), "--log", str(tmp_path / "l.jsonl"))
@@ -113,12 +134,16 @@ def test_live_mode_is_refused_without_confirmation(tmp_path: Path) -> None:
 
 def test_a_placeholder_secret_is_refused_and_a_real_one_never_printed_or_logged(tmp_path: Path) -> None:
     env = {**os.environ, "APCA_API_KEY_ID": "PKREALKEY123456", "APCA_API_SECRET_KEY": "your_key_here"}
-    _assert_user_error(kestrel("run", "--log", str(tmp_path / "l"), env=env), "APCA_API_SECRET_KEY", "placeholder")
+    _assert_user_error(
+        kestrel("run", "--log", str(tmp_path / "l"), env=env), "APCA_API_SECRET_KEY", "placeholder"
+    )
     secret = "real-secret-value-0xC0FFEE-42"
     env["APCA_API_SECRET_KEY"] = secret
     files = random_walk_day(tmp_path, quotes=300)
     config = tmp_path / "k.toml"
-    config.write_text(f"[data]\nfiles = {orjson.dumps([str(f) for f in files]).decode()}\n[log]\nlevel = \"debug\"\n")
+    config.write_text(
+        f'[data]\nfiles = {orjson.dumps([str(f) for f in files]).decode()}\n[log]\nlevel = "debug"\n'
+    )
     log = tmp_path / "s.jsonl"
     done = kestrel("run", "--config", str(config), "--log", str(log), env=env)
     assert done.returncode == 0, done.stderr

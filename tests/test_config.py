@@ -126,7 +126,9 @@ def test_credentials_from_env_and_file_are_secrets(tmp_path: Path) -> None:
     assert from_file is not None
     assert from_file.secret_key.reveal() == REAL_SECRET
     assert REAL_SECRET not in repr(from_file) and REAL_SECRET not in str(from_file)
-    from_env = load_credentials(config, {KEY_ENV: "PKOTHERKEY123", SECRET_ENV: "another-secret-xyz"}, required=True)
+    from_env = load_credentials(
+        config, {KEY_ENV: "PKOTHERKEY123", SECRET_ENV: "another-secret-xyz"}, required=True
+    )
     assert from_env is not None and from_env.key_id.reveal() == "PKOTHERKEY123"
     with pytest.raises(ConfigError, match="secret_key is missing"):
         load_credentials(parse_config({}, "x"), {KEY_ENV: REAL_KEY}, required=False)
@@ -149,7 +151,11 @@ def test_render_config_never_shows_credentials() -> None:
     credentials = load_credentials(config, {KEY_ENV: REAL_KEY, SECRET_ENV: REAL_SECRET}, required=True)
     text = render_config(config, credentials)
     assert REAL_KEY not in text and REAL_SECRET not in text
-    assert orjson.loads(text)["credentials"] == {"key_id": "***", "secret_key": "***", "source": "environment"}
+    assert orjson.loads(text)["credentials"] == {
+        "key_id": "***",
+        "secret_key": "***",
+        "source": "environment",
+    }
 
 
 def test_a_secret_never_reaches_a_log_line_or_an_error(tmp_path: Path) -> None:
@@ -158,8 +164,16 @@ def test_a_secret_never_reaches_a_log_line_or_an_error(tmp_path: Path) -> None:
     configure_logging(log_path, "debug")
     try:
         log = get_logger(actor="test")
-        log.info("credentials_loaded", secret_key=secret, api_key=REAL_KEY, note=f"raw {secret.reveal()} inside text")
-        log.info("nested", payload={"headers": {"APCA-API-SECRET-KEY": secret.reveal()}, "items": [secret.reveal()]})
+        log.info(
+            "credentials_loaded",
+            secret_key=secret,
+            api_key=REAL_KEY,
+            note=f"raw {secret.reveal()} inside text",
+        )
+        log.info(
+            "nested",
+            payload={"headers": {"APCA-API-SECRET-KEY": secret.reveal()}, "items": [secret.reveal()]},
+        )
         try:
             raise RuntimeError(f"venue refused key {secret.reveal()}")
         except RuntimeError as exc:
@@ -194,7 +208,7 @@ def _kestrel(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
 def test_check_config_prints_the_effective_config_redacted(tmp_path: Path) -> None:
     import os
 
-    path = _write(tmp_path, '[risk]\nmax_order_qty = 7\n[profiles.p.risk]\nmax_order_qty = 3\n')
+    path = _write(tmp_path, "[risk]\nmax_order_qty = 7\n[profiles.p.risk]\nmax_order_qty = 3\n")
     env = {**os.environ, KEY_ENV: REAL_KEY, SECRET_ENV: REAL_SECRET}
     done = _kestrel("check-config", str(path), "--profile", "p", env=env)
     assert done.returncode == 0, done.stderr

@@ -13,9 +13,16 @@ from tests.helpers import write_lean_zip
 def test_rows_become_exact_time_ordered_ticks(tmp_path: Path) -> None:
     quotes = write_lean_zip(
         tmp_path / "ibm" / "20131010_quote.zip",
-        [(34200000, 1831500, 100, 0, 0, "P", 1, 0), (34200000, 0, 0, 1832500, 300, "N", 1, 0), (34200500, 1831600, 200, 0, 0, "Q", 1, 1)],
+        [
+            (34200000, 1831500, 100, 0, 0, "P", 1, 0),
+            (34200000, 0, 0, 1832500, 300, "N", 1, 0),
+            (34200500, 1831600, 200, 0, 0, "Q", 1, 1),
+        ],
     )
-    trades = write_lean_zip(tmp_path / "ibm" / "20131010_trade.zip", [(34200000, 1832000, 50, "D", 0, 0), (34200100, 1832100, 5, "K", 0, 0)])
+    trades = write_lean_zip(
+        tmp_path / "ibm" / "20131010_trade.zip",
+        [(34200000, 1832000, 50, "D", 0, 0), (34200100, 1832100, 5, "K", 0, 0)],
+    )
     ticks = list(read_events([quotes, trades]))
     assert [type(t) for t in ticks] == [ExchangeQuote, ExchangeQuote, TradeTick, TradeTick, ExchangeQuote]
     first = ticks[0]
@@ -26,7 +33,7 @@ def test_rows_become_exact_time_ordered_ticks(tmp_path: Path) -> None:
     # 09:30 New York on 10 Oct 2013 is 13:30 UTC (daylight saving time).
     assert first.ts_event == 1381411800 * 10**9
     assert ticks[2].price == Decimal("183.2")  # type: ignore[union-attr]
-    assert ticks[-1].suspicious  # type: ignore[union-attr]
+    assert ticks[-1].suspicious
     assert [t.ts_event for t in ticks] == sorted(t.ts_event for t in ticks)
 
 
@@ -49,7 +56,9 @@ def test_a_corrupt_row_names_file_and_line(tmp_path: Path, row: tuple[object, ..
 
 
 def test_time_going_backwards_is_an_error(tmp_path: Path) -> None:
-    path = write_lean_zip(tmp_path / "x" / "20131010_trade.zip", [(2000, 100, 1, "D", 0, 0), (1000, 100, 1, "D", 0, 0)])
+    path = write_lean_zip(
+        tmp_path / "x" / "20131010_trade.zip", [(2000, 100, 1, "D", 0, 0), (1000, 100, 1, "D", 0, 0)]
+    )
     with pytest.raises(DataError, match="backwards"):
         list(read_events([path]))
 

@@ -28,7 +28,15 @@ class Collect(Actor):
         self.sink.append(message)
 
 
-def quote(ex: str, bid: str | None, bsz: int | None, ask: str | None, asz: int | None, national: bool = False, suspicious: bool = False) -> ExchangeQuote:
+def quote(
+    ex: str,
+    bid: str | None,
+    bsz: int | None,
+    ask: str | None,
+    asz: int | None,
+    national: bool = False,
+    suspicious: bool = False,
+) -> ExchangeQuote:
     return ExchangeQuote(
         symbol="IBM",
         exchange=ex,
@@ -46,7 +54,14 @@ def quote(ex: str, bid: str | None, bsz: int | None, ask: str | None, asz: int |
 
 async def feed(messages: list[Any]) -> tuple[list[Any], ActorStats]:
     bus, sink = Bus(), []  # type: ignore[var-annotated]
-    root = Supervisor(SupervisorSpec("root", [ActorSpec("sink", lambda: Collect(sink)), ActorSpec("pricing", PricingActor)]), bus, SimClock(), random.Random(1))
+    root = Supervisor(
+        SupervisorSpec(
+            "root", [ActorSpec("sink", lambda: Collect(sink)), ActorSpec("pricing", PricingActor)]
+        ),
+        bus,
+        SimClock(),
+        random.Random(1),
+    )
     task = asyncio.create_task(root.run())
     await root.started()
     for message in messages:
@@ -59,7 +74,11 @@ async def feed(messages: list[Any]) -> tuple[list[Any], ActorStats]:
 
 
 def tops(out: list[Any]) -> list[tuple[str, int, str, int]]:
-    return [(str(b.bid_price), b.bid_size, str(b.ask_price), b.ask_size) for b in out if isinstance(b, BestBidOffer)]
+    return [
+        (str(b.bid_price), b.bid_size, str(b.ask_price), b.ask_size)
+        for b in out
+        if isinstance(b, BestBidOffer)
+    ]
 
 
 async def test_per_exchange_quotes_build_the_best_across_exchanges() -> None:
@@ -73,7 +92,12 @@ async def test_per_exchange_quotes_build_the_best_across_exchanges() -> None:
             quote("N", None, None, "10.05", 200),  # unchanged: not republished
         ]
     )
-    assert tops(out) == [("10.00", 100, "10.05", 200), ("10.01", 300, "10.05", 200), ("10.01", 400, "10.05", 200), ("10.01", 100, "10.05", 200)]
+    assert tops(out) == [
+        ("10.00", 100, "10.05", 200),
+        ("10.01", 300, "10.05", 200),
+        ("10.01", 400, "10.05", 200),
+        ("10.01", 100, "10.05", 200),
+    ]
     assert stats.counters["published"] == 4
 
 
@@ -87,13 +111,35 @@ async def test_national_updates_replace_their_side_and_suspicious_rows_are_skipp
             quote("X", None, None, "11.00", 1, national=True, suspicious=True),
         ]
     )
-    assert tops(out) == [("10.00", 100, "10.05", 200), ("10.03", 100, "10.05", 200), ("10.01", 100, "10.05", 200)]
+    assert tops(out) == [
+        ("10.00", 100, "10.05", 200),
+        ("10.03", 100, "10.05", 200),
+        ("10.01", 100, "10.05", 200),
+    ]
     assert stats.counters["suspicious"] == 1
 
 
 async def test_crossed_books_are_held_back_and_trades_filtered() -> None:
-    trade = TradeTick(symbol="IBM", exchange="D", price=Decimal("10"), size=5, suspicious=False, provider="t", ts_event=1, ts_recv=1)
-    bad_trade = TradeTick(symbol="IBM", exchange="D", price=Decimal("99"), size=5, suspicious=True, provider="t", ts_event=1, ts_recv=1)
+    trade = TradeTick(
+        symbol="IBM",
+        exchange="D",
+        price=Decimal("10"),
+        size=5,
+        suspicious=False,
+        provider="t",
+        ts_event=1,
+        ts_recv=1,
+    )
+    bad_trade = TradeTick(
+        symbol="IBM",
+        exchange="D",
+        price=Decimal("99"),
+        size=5,
+        suspicious=True,
+        provider="t",
+        ts_event=1,
+        ts_recv=1,
+    )
     out, stats = await feed(
         [
             quote("P", "10.00", 100, "10.02", 100),

@@ -60,7 +60,9 @@ async def run_session(
     params = config.strategy.params
     tree = spec or session_tree(config, lambda: EmaCross.from_params("ema-cross", params))
     if record is not None:
-        tree = dataclasses.replace(tree, children=[ActorSpec("recorder", lambda: Recorder(record)), *tree.children])
+        tree = dataclasses.replace(
+            tree, children=[ActorSpec("recorder", lambda: Recorder(record)), *tree.children]
+        )
     root = Supervisor(tree, bus, clock, random.Random(config.engine.seed))
     import asyncio
 
@@ -81,7 +83,10 @@ async def stop(bus: Bus) -> None:
 
 
 def _config(**params: Any) -> Config:
-    return parse_config({"strategy": {"params": params or {"fast": 5, "slow": 12}}, "venue": {"fee_per_share": "0.005"}}, "test")
+    return parse_config(
+        {"strategy": {"params": params or {"fast": 5, "slow": 12}}, "venue": {"fee_per_share": "0.005"}},
+        "test",
+    )
 
 
 async def test_the_ledger_equals_the_sum_of_the_fills(tmp_path: Path) -> None:
@@ -93,7 +98,9 @@ async def test_the_ledger_equals_the_sum_of_the_fills(tmp_path: Path) -> None:
     assert len(history.fills) > 20
     assert len({f.execution_id for f in history.fills}) == len(history.fills)
     position = sum((f.qty * f.side.sign for f in history.fills), Decimal(0))
-    cash = config.venue.starting_cash - sum((f.qty * f.side.sign * f.price + f.fee for f in history.fills), Decimal(0))
+    cash = config.venue.starting_cash - sum(
+        (f.qty * f.side.sign * f.price + f.fee for f in history.fills), Decimal(0)
+    )
     assert book.positions.get("TEST", Decimal(0)) == position
     assert book.cash == cash
     assert book.fees == sum((f.fee for f in history.fills), Decimal(0))
@@ -131,7 +138,11 @@ class CrashOnce(EmaCross):
 
 
 def _replace_child(tree: SupervisorSpec, name: str, factory: Callable[[], Actor]) -> SupervisorSpec:
-    children = [dataclasses.replace(c, factory=factory) if c.name == name else c for c in tree.children]  # type: ignore[call-arg]
+    children: list[ActorSpec | SupervisorSpec] = []
+    for child in tree.children:
+        if isinstance(child, ActorSpec) and child.name == name:
+            child = dataclasses.replace(child, factory=factory)
+        children.append(child)
     return dataclasses.replace(tree, children=children)
 
 
@@ -193,13 +204,18 @@ async def test_a_crashed_ledger_rebuilds_and_loses_no_fill(tmp_path: Path) -> No
     assert root.stats[SETTLEMENT].restarts == 1
     # The fill that was in flight during the crash was recovered from the order manager.
     assert book.fills == len(history.fills)
-    assert book.positions.get("TEST", Decimal(0)) == sum((f.qty * f.side.sign for f in history.fills), Decimal(0))
+    assert book.positions.get("TEST", Decimal(0)) == sum(
+        (f.qty * f.side.sign for f in history.fills), Decimal(0)
+    )
 
 
 @pytest.mark.parametrize("qty", ["600", "1"])
 async def test_risk_caps_reject_with_reason_codes(tmp_path: Path, qty: str) -> None:
     config = parse_config(
-        {"strategy": {"params": {"fast": 5, "slow": 12, "qty": qty}}, "risk": {"max_order_qty": 500, "max_order_notional": 50}},
+        {
+            "strategy": {"params": {"fast": 5, "slow": 12, "qty": qty}},
+            "risk": {"max_order_qty": 500, "max_order_notional": 50},
+        },
         "test",
     )
     bus, _ = await run_session(config, random_walk_day(tmp_path, quotes=800))
