@@ -117,7 +117,9 @@ class Supervisor:
         self._rng = rng
         self._log = get_logger(actor=self.path)
         self._children: list[_Child] = [_Child(c) for c in spec.children]
-        # Unbounded: exits of instances already replaced can still be queued (see run()).
+        # Not capped by a maxsize: exits of instances already replaced can still be queued
+        # (see run()). Bounded all the same: one entry per started instance at most, and the
+        # restart intensity bounds how many instances start per period.
         self._exits: asyncio.Queue[tuple[_Child, asyncio.Task[None], BaseException | None]] = asyncio.Queue()
         self._restart_times: deque[int] = deque()
         self.stats: dict[str, ChildStats] = {c.name: ChildStats() for c in spec.children}
