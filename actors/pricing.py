@@ -97,10 +97,11 @@ class PricingActor(Actor):
             else:
                 book.bids.pop(quote.exchange, None)
         if quote.ask_price is not None:
+            ask_exchange = quote.ask_exchange or quote.exchange
             if quote.ask_size:
-                book.asks[quote.exchange] = (quote.ask_price, quote.ask_size)
+                book.asks[ask_exchange] = (quote.ask_price, quote.ask_size)
             else:
-                book.asks.pop(quote.exchange, None)
+                book.asks.pop(ask_exchange, None)
         bid = _best(book.bids, highest=True)
         ask = _best(book.asks, highest=False)
         if bid is None or ask is None:

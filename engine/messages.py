@@ -93,6 +93,8 @@ class ExchangeQuote(Event, frozen=True, kw_only=True):
     provider: str
     ts_event: int
     ts_recv: int
+    ask_exchange: str | None = None
+    """Where the ask rests, when a national quote names another exchange than the bid's."""
 
 
 class TradeTick(Event, frozen=True, kw_only=True):

@@ -1,0 +1,1 @@
+"""Alpaca: the wire format (``wire``), the REST and stream clients, and the venue adapter actor."""
