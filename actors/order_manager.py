@@ -36,14 +36,32 @@ from engine.messages import (
 )
 
 S = OrderStatus
+_WORKING = frozenset(
+    {
+        S.NEW,
+        S.ACCEPTED,
+        S.ACCEPTED_FOR_BIDDING,
+        S.PARTIALLY_FILLED,
+        S.PENDING_CANCEL,
+        S.PENDING_REPLACE,
+        S.DONE_FOR_DAY,
+        S.STOPPED,
+        S.SUSPENDED,
+        S.CALCULATED,
+        S.HELD,
+        S.PENDING_REVIEW,
+    }
+)
+_FINAL = frozenset({S.FILLED, S.CANCELED, S.EXPIRED, S.REJECTED, S.REPLACED})
+_ACKED = _WORKING - {S.ACCEPTED, S.ACCEPTED_FOR_BIDDING, S.NEW}
 ALLOWED: Final[dict[OrderStatus, frozenset[OrderStatus]]] = {
-    S.PENDING_NEW: frozenset({S.NEW, S.PARTIALLY_FILLED, S.FILLED, S.CANCELED, S.EXPIRED, S.REJECTED}),
-    S.NEW: frozenset({S.PARTIALLY_FILLED, S.FILLED, S.CANCELED, S.EXPIRED}),
-    S.PARTIALLY_FILLED: frozenset({S.PARTIALLY_FILLED, S.FILLED, S.CANCELED, S.EXPIRED}),
-    S.FILLED: frozenset(),
-    S.CANCELED: frozenset(),
-    S.EXPIRED: frozenset(),
-    S.REJECTED: frozenset(),
+    S.PENDING_NEW: _WORKING | _FINAL,
+    S.ACCEPTED: _WORKING | _FINAL,
+    S.ACCEPTED_FOR_BIDDING: _WORKING | _FINAL,
+    S.NEW: _ACKED | _FINAL,
+    # Once something happened to an acknowledged order it never goes back to "new".
+    **{status: _ACKED | _FINAL for status in _ACKED},
+    **{status: frozenset() for status in _FINAL},
 }
 """Which status may follow which (staying in a status is always allowed)."""
 
@@ -124,8 +142,16 @@ class OrderManagerActor(Actor):
         if order is None:
             self.ctx.log.error("execution_for_unknown_order", execution_id=execution.execution_id)
             return
+        qty = execution.qty
+        if execution.cum_qty is not None:
+            # Book only what raises the venue's cumulative quantity: the same execution
+            # seen twice under different ids (stream and REST catch-up) counts once.
+            qty = min(qty, execution.cum_qty - order.filled_qty)
+            if qty <= 0:
+                self.counters["duplicate_executions"] += 1
+                return
         self.execution_ids.add(execution.execution_id)
-        order.filled_qty += execution.qty
+        order.filled_qty += qty
         order.venue_order_id = execution.venue_order_id
         self.counters["fills"] += 1
         intent = order.intent
@@ -137,7 +163,7 @@ class OrderManagerActor(Actor):
             strategy=intent.strategy,
             symbol=execution.symbol,
             side=execution.side,
-            qty=execution.qty,
+            qty=qty,
             price=execution.price,
             fee=execution.fee,
             ts_event=execution.ts_event,

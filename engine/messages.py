@@ -44,22 +44,35 @@ class TimeInForce(enum.StrEnum):
 
 
 class OrderStatus(enum.StrEnum):
-    """Order states, named as Alpaca names them (the full machine arrives with the journal)."""
+    """Order states, named exactly as Alpaca names them."""
 
     PENDING_NEW = "pending_new"
+    ACCEPTED = "accepted"
+    ACCEPTED_FOR_BIDDING = "accepted_for_bidding"
     NEW = "new"
     PARTIALLY_FILLED = "partially_filled"
     FILLED = "filled"
+    DONE_FOR_DAY = "done_for_day"
+    PENDING_CANCEL = "pending_cancel"
+    PENDING_REPLACE = "pending_replace"
     CANCELED = "canceled"
     EXPIRED = "expired"
+    REPLACED = "replaced"
     REJECTED = "rejected"
+    STOPPED = "stopped"
+    SUSPENDED = "suspended"
+    CALCULATED = "calculated"
+    HELD = "held"
+    PENDING_REVIEW = "pending_review"
 
     @property
     def is_terminal(self) -> bool:
         return self in _TERMINAL
 
 
-_TERMINAL = frozenset({OrderStatus.FILLED, OrderStatus.CANCELED, OrderStatus.EXPIRED, OrderStatus.REJECTED})
+_TERMINAL = frozenset(
+    {OrderStatus.FILLED, OrderStatus.CANCELED, OrderStatus.EXPIRED, OrderStatus.REJECTED, OrderStatus.REPLACED}
+)
 
 
 class Event(msgspec.Struct, frozen=True, tag=True, kw_only=True):
@@ -209,6 +222,12 @@ class VenueExecution(Event, frozen=True, kw_only=True):
     fee: Decimal
     ts_event: int
     ts_recv: int
+    cum_qty: Decimal | None = None
+    """The order's cumulative filled quantity after this execution, when the venue says it.
+
+    The order manager books only what raises the cumulative quantity, so an execution
+    reported twice under different ids (a live event and a REST catch-up) counts once.
+    """
 
 
 class Fill(Event, frozen=True, kw_only=True):

@@ -40,7 +40,9 @@ ORDER_STATUSES: Final = (
     "pending_review",
     "held",
 )
-TERMINAL_STATUSES: Final = frozenset({"filled", "canceled", "expired", "replaced", "rejected", "done_for_day"})
+TERMINAL_STATUSES: Final = frozenset(
+    {"filled", "canceled", "expired", "replaced", "rejected", "done_for_day"}
+)
 
 CODE_MALFORMED: Final = 40010001
 CODE_UNAUTHORIZED: Final = 40110000
@@ -80,6 +82,7 @@ def parse_timestamp(text: str) -> int:
 
 
 # ---------------------------------------------------------------- REST
+
 
 class ErrorBody(msgspec.Struct, omit_defaults=True):
     code: int
@@ -256,6 +259,7 @@ class MultiStatus(msgspec.Struct, omit_defaults=True):
 
 
 # ---------------------------------------------------------------- trade_updates stream
+
 
 class StreamAuthData(msgspec.Struct):
     key_id: str
