@@ -1,0 +1,315 @@
+"""The Alpaca venue adapter: the order manager's commands in, Alpaca's order events out.
+
+It is an actor at the venue boundary. It takes ``SubmitOrder`` / ``CancelOrder`` from
+``venue.command`` and publishes ``OrderUpdate`` / ``VenueExecution`` on ``venue.report``;
+no other actor knows Alpaca exists.
+
+Safety rules it enforces:
+
+- **No order while the order stream is dead.** An order is sent only while the
+  trade-updates stream is live; otherwise it waits (at most ``stream_wait_s``) and is
+  then refused with the reason, without ever reaching the venue.
+- **Ambiguous submits stay pending.** A submit whose outcome cannot be settled (see
+  :mod:`adapters.alpaca.rest`) is logged and left pending for reconciliation — never
+  reported as failed, never resent under a new id.
+- **No fill missed while the socket was down.** After every reconnect, before the
+  stream is live again, each order still working is looked up by client order id and
+  anything the venue filled meanwhile is published as an execution carrying the venue's
+  cumulative quantity (the order manager books each quantity once).
+- **Breaker open → refused fast** with the reason, and the state change is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+from typing import Any, Final
+
+from engine.breaker import BreakerOpen, BreakerState
+from engine.ratelimit import RateLimited
+
+from adapters.alpaca import wire
+from adapters.alpaca.errors import AlpacaError, AmbiguousOutcome, AuthenticationFailed, PermanentError
+from adapters.alpaca.rest import AlpacaRest, RestSettings
+from adapters.alpaca.trade_stream import TradeUpdatesStream
+from engine import topics
+from engine.actor import Actor
+from engine.messages import (
+    ActorStats,
+    CancelOrder,
+    OrderStatus,
+    OrderUpdate,
+    Side,
+    StatsQuery,
+    SubmitOrder,
+    VenueExecution,
+)
+from engine.secrets import Secret
+
+ZERO: Final = Decimal(0)
+FILL_EVENTS: Final = frozenset({"fill", "partial_fill"})
+
+
+class _StreamFailed:
+    """Sent to itself when the stream task dies: the actor crashes and is supervised."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class _Tracked:
+    __slots__ = ("filled", "notional", "status", "venue_order_id")
+
+    def __init__(self) -> None:
+        self.venue_order_id = ""
+        self.filled = ZERO
+        self.notional = ZERO
+        self.status = OrderStatus.PENDING_NEW
+
+
+class AlpacaVenueActor(Actor):
+    def __init__(
+        self,
+        base_url: str,
+        key_id: Secret,
+        secret_key: Secret,
+        rest_settings: RestSettings | None = None,
+        stream_wait_s: float = 2.0,
+        start_timeout_s: float = 10.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.key_id = key_id
+        self.secret_key = secret_key
+        self.rest_settings = rest_settings
+        self.stream_wait_s = stream_wait_s
+        self.start_timeout_s = start_timeout_s
+        self.orders: dict[str, _Tracked] = {}
+        self.counters = {
+            "submitted": 0,
+            "refused_stream_down": 0,
+            "refused_breaker": 0,
+            "ambiguous": 0,
+            "catchup_fills": 0,
+        }
+        self.rest: AlpacaRest
+        self.stream: TradeUpdatesStream
+        self._stream_task: asyncio.Task[None] | None = None
+
+    async def on_start(self) -> None:
+        ctx = self.ctx
+        self.rest = AlpacaRest(
+            self.base_url,
+            self.key_id,
+            self.secret_key,
+            ctx.clock,
+            ctx.rng,
+            self.rest_settings,
+            self._breaker_changed,
+        )
+        await self.rest.open()
+        ws_url = "ws" + self.base_url[len("http") :] + "/stream"
+        self.stream = TradeUpdatesStream(
+            ws_url, self.key_id, self.secret_key, ctx.clock, ctx.rng, self._on_update, self._catch_up
+        )
+        self._stream_task = asyncio.create_task(self.stream.run(), name="alpaca-trade-updates")
+        self._stream_task.add_done_callback(self._stream_done)
+        ctx.subscribe(topics.VENUE_COMMAND)
+        try:
+            async with asyncio.timeout(self.start_timeout_s):
+                await self.stream.live.wait()
+        except TimeoutError:
+            ctx.log.warning("trade_updates_not_live_at_start", timeout_s=self.start_timeout_s)
+        if ctx.restarts:
+            await self._catch_up()
+
+    async def on_stop(self) -> None:
+        if self._stream_task is not None:
+            self._stream_task.cancel()
+            await asyncio.gather(self._stream_task, return_exceptions=True)
+        await self.rest.close()
+
+    def _stream_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        mailbox = self.ctx.bus.mailbox(self.ctx.address)
+        mailbox.offer(_StreamFailed(task.exception()))  # type: ignore[arg-type]
+
+    def _breaker_changed(self, name: str, old: BreakerState, new: BreakerState) -> None:
+        self.ctx.log.warning("breaker_state_changed", breaker=name, old=old.value, new=new.value)
+
+    # ------------------------------------------------------------ commands
+
+    async def handle(self, message: Any) -> Any:
+        kind = type(message)
+        if kind is SubmitOrder:
+            await self._submit(message)
+        elif kind is CancelOrder:
+            await self._cancel(message)
+        elif kind is StatsQuery:
+            return ActorStats(counters={**self.counters, **self.rest.counters, **self.stream.counters})
+        elif kind is _StreamFailed:
+            raise message.error
+        else:
+            raise TypeError(f"alpaca venue adapter cannot handle {kind.__name__}")
+        return None
+
+    async def _refuse(self, order: SubmitOrder, reason: str) -> None:
+        now = self.ctx.clock.time_ns()
+        self.ctx.log.warning("order_not_sent", reason=reason)
+        await self.ctx.publish(
+            topics.VENUE_REPORT,
+            OrderUpdate(
+                client_order_id=order.client_order_id,
+                venue_order_id="",
+                status=OrderStatus.REJECTED,
+                reason=reason,
+                ts_event=now,
+                ts_recv=now,
+            ),
+        )
+
+    async def _submit(self, order: SubmitOrder) -> None:
+        if not self.stream.live.is_set():
+            try:
+                async with asyncio.timeout(self.stream_wait_s):
+                    await self.stream.live.wait()
+            except TimeoutError:
+                self.counters["refused_stream_down"] += 1
+                await self._refuse(order, "not sent: trade_updates stream is down")
+                return
+        request = wire.OrderRequest(
+            symbol=order.symbol,
+            side=order.side.value,
+            type=order.order_type.value,
+            time_in_force=order.time_in_force.value,
+            qty=order.qty,
+            limit_price=order.limit_price,
+            client_order_id=order.client_order_id,
+        )
+        tracked = self.orders.setdefault(order.client_order_id, _Tracked())
+        self.counters["submitted"] += 1
+        try:
+            placed = await self.rest.submit_order(request)
+        except (BreakerOpen, RateLimited) as exc:
+            self.counters["refused_breaker"] += 1
+            await self._refuse(order, f"not sent: {exc}")
+            return
+        except AmbiguousOutcome as exc:
+            self.counters["ambiguous"] += 1
+            self.ctx.log.error("order_outcome_ambiguous", error=str(exc))
+            return
+        except PermanentError as exc:
+            tracked.status = OrderStatus.REJECTED
+            await self._refuse(order, f"venue refused: {exc}")
+            return
+        except AlpacaError as exc:
+            # A transient refusal before acceptance (429): nothing reached the venue.
+            await self._refuse(order, f"not sent: {exc}")
+            return
+        tracked.venue_order_id = placed.id
+        await self._apply_order(placed)
+
+    async def _cancel(self, command: CancelOrder) -> None:
+        tracked = self.orders.get(command.client_order_id)
+        if tracked is None or not tracked.venue_order_id or tracked.status.is_terminal:
+            return
+        try:
+            await self.rest.cancel_order(tracked.venue_order_id)
+        except AlpacaError as exc:
+            # The stream (or the next catch-up) reports the order's real state.
+            self.ctx.log.warning("cancel_failed", error=str(exc))
+
+    # ------------------------------------------------------------ venue events
+
+    async def _on_update(self, update: wire.TradeUpdate) -> None:
+        order = update.order
+        tracked = self.orders.setdefault(order.client_order_id, _Tracked())
+        tracked.venue_order_id = order.id
+        if update.event in FILL_EVENTS and update.qty is not None and update.price is not None:
+            now = self.ctx.clock.time_ns()
+            ts = wire.parse_timestamp(update.timestamp) if update.timestamp else now
+            tracked.notional += update.qty * update.price
+            tracked.filled = max(tracked.filled, order.filled_qty)
+            await self.ctx.publish(
+                topics.VENUE_REPORT,
+                VenueExecution(
+                    client_order_id=order.client_order_id,
+                    venue_order_id=order.id,
+                    execution_id=update.execution_id or f"{order.id}:{order.filled_qty}",
+                    symbol=order.symbol,
+                    side=Side(order.side),
+                    qty=update.qty,
+                    price=update.price,
+                    fee=ZERO,
+                    ts_event=ts,
+                    ts_recv=now,
+                    cum_qty=order.filled_qty,
+                ),
+            )
+        await self._publish_status(order)
+
+    async def _apply_order(self, order: wire.Order) -> None:
+        """Bring one order up to the venue's view: missed fills first, then its status."""
+        tracked = self.orders.setdefault(order.client_order_id, _Tracked())
+        tracked.venue_order_id = order.id
+        missed = order.filled_qty - tracked.filled
+        if missed > 0 and order.filled_avg_price is not None:
+            now = self.ctx.clock.time_ns()
+            price = (order.filled_avg_price * order.filled_qty - tracked.notional) / missed
+            tracked.notional = order.filled_avg_price * order.filled_qty
+            tracked.filled = order.filled_qty
+            self.counters["catchup_fills"] += 1
+            await self.ctx.publish(
+                topics.VENUE_REPORT,
+                VenueExecution(
+                    client_order_id=order.client_order_id,
+                    venue_order_id=order.id,
+                    execution_id=f"catchup:{order.id}:{order.filled_qty}",
+                    symbol=order.symbol,
+                    side=Side(order.side),
+                    qty=missed,
+                    price=price,
+                    fee=ZERO,
+                    ts_event=now,
+                    ts_recv=now,
+                    cum_qty=order.filled_qty,
+                ),
+            )
+        await self._publish_status(order)
+
+    async def _publish_status(self, order: wire.Order) -> None:
+        tracked = self.orders[order.client_order_id]
+        try:
+            status = OrderStatus(order.status)
+        except ValueError:
+            self.ctx.log.error("unknown_order_status", status=order.status)
+            return
+        tracked.status = status
+        now = self.ctx.clock.time_ns()
+        await self.ctx.publish(
+            topics.VENUE_REPORT,
+            OrderUpdate(
+                client_order_id=order.client_order_id,
+                venue_order_id=order.id,
+                status=status,
+                filled_qty=order.filled_qty,
+                ts_event=wire.parse_timestamp(order.updated_at),
+                ts_recv=now,
+            ),
+        )
+
+    async def _catch_up(self) -> None:
+        """After a reconnect: every order we still consider working, as the venue has it now."""
+        working = [cid for cid, t in self.orders.items() if not t.status.is_terminal]
+        for client_order_id in working:
+            try:
+                order = await self.rest.find_order(client_order_id)
+            except (AlpacaError, BreakerOpen, RateLimited) as exc:
+                self.ctx.log.error("catch_up_lookup_failed", client_order_id=client_order_id, error=str(exc))
+                continue
+            if order is not None:
+                await self._apply_order(order)
+        self.ctx.log.info("trade_updates_caught_up", orders=len(working))
+
+
+__all__ = ["AlpacaVenueActor", "AuthenticationFailed"]
