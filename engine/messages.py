@@ -71,7 +71,13 @@ class OrderStatus(enum.StrEnum):
 
 
 _TERMINAL = frozenset(
-    {OrderStatus.FILLED, OrderStatus.CANCELED, OrderStatus.EXPIRED, OrderStatus.REJECTED, OrderStatus.REPLACED}
+    {
+        OrderStatus.FILLED,
+        OrderStatus.CANCELED,
+        OrderStatus.EXPIRED,
+        OrderStatus.REJECTED,
+        OrderStatus.REPLACED,
+    }
 )
 
 

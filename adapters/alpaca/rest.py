@@ -23,8 +23,6 @@ from typing import Any, Final, TypeVar
 
 import aiohttp
 import msgspec
-from engine.breaker import BreakerOpen, CircuitBreaker
-from engine.ratelimit import RateLimited, per_minute
 
 from adapters.alpaca import wire
 from adapters.alpaca.errors import (
@@ -37,8 +35,10 @@ from adapters.alpaca.errors import (
     TransientError,
 )
 from engine.backoff import full_jitter
+from engine.breaker import BreakerOpen, CircuitBreaker
 from engine.clock import Clock
 from engine.logs import get_logger
+from engine.ratelimit import RateLimited, per_minute
 from engine.secrets import Secret
 
 T = TypeVar("T")
@@ -156,7 +156,12 @@ class AlpacaRest:
             self.counters["requests"] += 1
             try:
                 async with self._session.request(
-                    method, f"{self.base_url}/v2{path}", params=params, data=body, headers=headers, allow_redirects=False
+                    method,
+                    f"{self.base_url}/v2{path}",
+                    params=params,
+                    data=body,
+                    headers=headers,
+                    allow_redirects=False,
                 ) as response:
                     payload = await response.read()
                     status = response.status

@@ -25,15 +25,13 @@ import asyncio
 from decimal import Decimal
 from typing import Any, Final
 
-from engine.breaker import BreakerOpen, BreakerState
-from engine.ratelimit import RateLimited
-
 from adapters.alpaca import wire
 from adapters.alpaca.errors import AlpacaError, AmbiguousOutcome, AuthenticationFailed, PermanentError
 from adapters.alpaca.rest import AlpacaRest, RestSettings
 from adapters.alpaca.trade_stream import TradeUpdatesStream
 from engine import topics
 from engine.actor import Actor
+from engine.breaker import BreakerOpen, BreakerState
 from engine.messages import (
     ActorStats,
     CancelOrder,
@@ -44,6 +42,7 @@ from engine.messages import (
     SubmitOrder,
     VenueExecution,
 )
+from engine.ratelimit import RateLimited
 from engine.secrets import Secret
 
 ZERO: Final = Decimal(0)
