@@ -79,11 +79,21 @@ class RiskSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class VenueSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    kind: Literal["simulator"] = "simulator"
+    kind: Literal["simulator", "alpaca-paper", "alpaca-live"] = "simulator"
+    """``simulator``: Kestrel's Alpaca simulator (embedded, or the one at ``url``);
+    ``alpaca-paper`` / ``alpaca-live``: Alpaca itself (keys from the environment)."""
+    url: str | None = None
+    """A running simulator's ``http://HOST:PORT`` (``kestrel venue``); empty = start one in-process."""
+    data_feed: Literal["iex", "sip"] = "iex"
+    rate_limit_per_minute: int = 200
     starting_cash: Decimal = Decimal(100_000)
     fee_per_share: Decimal = Decimal(0)
 
     def __post_init__(self) -> None:
+        if self.rate_limit_per_minute < 1:
+            raise ValueError("rate_limit_per_minute: must be at least 1")
+        if self.url is not None and not self.url.startswith(("http://", "https://")):
+            raise ValueError("url: must start with http:// or https://")
         if self.starting_cash < 0:
             raise ValueError("starting_cash: must not be negative")
         if self.fee_per_share < 0:

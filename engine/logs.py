@@ -189,8 +189,13 @@ def console_for_stderr() -> IO[str] | None:
 
 
 def get_logger(**bound: Any) -> Any:
-    """A structlog logger with ``bound`` context (e.g. ``actor="risk"``)."""
-    return structlog.get_logger().bind(**bound)
+    """A structlog logger with ``bound`` context (e.g. ``actor="risk"``).
+
+    Lazy: it follows the configuration in force when it logs, not when it was made, so a
+    module-level logger created at import time still writes where :func:`configure_logging`
+    said (and never to stdout, which belongs to ``--json`` output).
+    """
+    return structlog.get_logger(**bound)
 
 
 Logger = Any

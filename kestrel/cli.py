@@ -18,11 +18,12 @@ from typing import Any, Final, NoReturn
 
 import msgspec
 
+from adapters.alpaca_sim.cli import default_key_id, default_secret_key, serve
 from engine.config import Config, check_live_confirmation, load_config, load_credentials, render_config
 from engine.errors import SupervisorGaveUp, UserError
 from engine.logs import configure_logging, console_for_stderr, get_logger, shutdown_logging
 from engine.secrets import scrub
-from kestrel.node import SessionOptions, SessionSummary, run_paper_session
+from kestrel.node import SessionOptions, SessionSummary, run_live_session, run_replay_session
 
 EXIT_USER_ERROR: Final = 2
 EXIT_GAVE_UP: Final = 3
@@ -48,21 +49,33 @@ def _speed(value: str) -> float | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="kestrel", description="Kestrel: an actor-based trading engine that never loses an order."
-    )
+    parser = _Parser(prog="kestrel", description="Kestrel: an actor-based trading engine that never loses an order.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    run = commands.add_parser("run", help="run a paper session (default: the bundled IBM day, ema-cross)")
-    run.add_argument("--config", type=Path, help="TOML config file (default: the embedded defaults)")
-    run.add_argument("--profile", help="apply [profiles.NAME] from the config")
-    run.add_argument("--strategy", help="strategy name (overrides [strategy] name)")
-    run.add_argument("--log", type=Path, help="JSON log file (overrides [log] path)")
-    run.add_argument(
-        "--speed", type=_speed, default=None, metavar="max|FACTOR", help="replay speed (default: max)"
+    run = commands.add_parser(
+        "run", help="trade through the Alpaca adapter (default: paper, against the embedded simulator and bundled day)"
     )
-    run.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    run.add_argument("--confirm-live", action="store_true", help='required with mode = "live"')
+    replay = commands.add_parser("replay", help="replay a recording deterministically under simulated time, in process")
+    for sub in (run, replay):
+        sub.add_argument("--config", type=Path, help="TOML config file (default: the embedded defaults)")
+        sub.add_argument("--profile", help="apply [profiles.NAME] from the config")
+        sub.add_argument("--strategy", help="strategy name (overrides [strategy] name)")
+        sub.add_argument("--log", type=Path, help="JSON log file (overrides [log] path)")
+        sub.add_argument("--speed", type=_speed, default=None, metavar="max|FACTOR", help="replay speed (default: max)")
+        sub.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+        sub.add_argument("--confirm-live", action="store_true", help='required with mode = "live"')
+    run.add_argument("--venue-url", help="trade against a running simulator (kestrel venue) at this http://HOST:PORT")
+
+    venue = commands.add_parser("venue", help="run the Alpaca venue simulator")
+    venue.add_argument("--host", default="127.0.0.1")
+    venue.add_argument("--port", type=int, default=0, help="0: any free port (default)")
+    venue.add_argument("--feed", type=Path, action="append", default=[], metavar="FILE", help="recording to replay")
+    venue.add_argument("--speed", type=_speed, default=1.0, metavar="max|FACTOR", help="feed speed (default: 1)")
+    venue.add_argument("--key", help="API key id (default: $APCA_API_KEY_ID, else the documented default)")
+    venue.add_argument("--secret", help="API secret (default: $APCA_API_SECRET_KEY, else the documented default)")
+    venue.add_argument("--seed", type=int, default=0)
+    venue.add_argument("--exit-when-done", action="store_true", help="stop once the recording has been played")
+    venue.add_argument("--log", type=Path, help="JSON log file (default: none)")
 
     check = commands.add_parser("check-config", help="validate a config file and print the effective config")
     check.add_argument("file", type=Path)
@@ -77,7 +90,7 @@ def _fail(message: str, code: int) -> int:
 
 def _load(args: argparse.Namespace) -> Config:
     profile = args.profile or os.environ.get("KESTREL_PROFILE") or None
-    config, _ = load_config(args.config if args.command == "run" else args.file, profile)
+    config, _ = load_config(args.file if args.command == "check-config" else args.config, profile)
     return config
 
 
@@ -109,7 +122,7 @@ def _print_summary(summary: SessionSummary) -> None:
     positions = ", ".join(f"{s} {q}" for s, q in summary.positions.items()) or "flat"
     reasons = ", ".join(f"{r} {n}" for r, n in sorted(summary.rejections_by_reason.items())) or "none"
     out.write(
-        f"Kestrel paper session: {summary.strategy}, seed {summary.seed}\n"
+        f"Kestrel {summary.mode} session: {summary.strategy}, seed {summary.seed}\n"
         f"  ticks          {summary.ticks:,} in {summary.wall_s:.2f} s ({summary.ticks_per_s:,.0f} ticks/s)\n"
         f"  orders         {summary.orders:,}\n"
         f"  fills          {summary.fills:,}\n"
@@ -129,6 +142,38 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+def cmd_venue(args: argparse.Namespace) -> int:
+    configure_logging(args.log, "info", console_for_stderr())
+    for path in args.feed:
+        if not path.exists():
+            raise UserError(f"{path}: no such file")
+
+    def ready(url: str) -> None:
+        sys.stdout.write(f"listening on {url}\n")
+        sys.stdout.flush()
+
+    key = args.key or default_key_id()
+    secret = args.secret or default_secret_key()
+    with asyncio.Runner(loop_factory=_new_loop) as runner:
+        try:
+            runner.run(
+                serve(
+                    args.host,
+                    args.port,
+                    list(args.feed),
+                    args.speed,
+                    key,
+                    secret,
+                    args.seed,
+                    ready,
+                    exit_when_done=args.exit_when_done,
+                )
+            )
+        except OSError as exc:
+            raise UserError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args)
     check_live_confirmation(config, args.confirm_live, os.environ)
@@ -139,10 +184,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     if credentials is not None:
         log = get_logger(actor="cli")
         log.info("credentials_loaded", source=credentials.source, key_id=credentials.key_id)
-    progress = _Progress() if sys.stderr.isatty() and not args.json else None
-    options = SessionOptions(strategy=args.strategy, speed=args.speed, progress=progress)
+    progress = _Progress() if sys.stderr.isatty() and not args.json and args.command == "replay" else None
+    options = SessionOptions(
+        strategy=args.strategy, speed=args.speed, progress=progress, venue_url=getattr(args, "venue_url", None)
+    )
     with asyncio.Runner(loop_factory=_new_loop) as runner:
-        summary = runner.run(run_paper_session(config, options))
+        if args.command == "replay":
+            summary = runner.run(run_replay_session(config, options))
+        else:
+            summary = runner.run(run_live_session(config, options, credentials))
     if progress is not None:
         progress.done()
     if args.json:
@@ -158,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USER_ERROR
-    handlers: dict[str, Any] = {"run": cmd_run, "check-config": cmd_check_config}
+    handlers: dict[str, Any] = {"run": cmd_run, "replay": cmd_run, "venue": cmd_venue, "check-config": cmd_check_config}
     log = get_logger(actor="cli")
     try:
         code: int = handlers[args.command](args)
@@ -172,9 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as exc:
         log.critical("internal_error", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
-        return _fail(
-            f"internal error: {type(exc).__name__}: {exc} (the traceback is in the log file)", EXIT_INTERNAL
-        )
+        return _fail(f"internal error: {type(exc).__name__}: {exc} (the traceback is in the log file)", EXIT_INTERNAL)
     finally:
         shutdown_logging()
 

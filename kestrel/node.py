@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import random
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -28,21 +30,30 @@ from actors.settlement import SettlementActor
 from actors.strategies import STRATEGIES
 from actors.strategies.base import Strategy
 from actors.strategy_host import StrategyActor
-from adapters.lean_ticks import read_batches
+from adapters.alpaca.feed import AlpacaFeedActor
+from adapters.alpaca.rest import RestSettings
+from adapters.alpaca.venue import AlpacaVenueActor
+from adapters.alpaca_sim.cli import RunningSimulator, SimulatorConfig, start_simulator
+from adapters.lean_ticks import read_batches, symbol_for
 from adapters.sim_venue import SimulatedVenue
 from engine import topics
 from engine.bus import Bus
 from engine.clock import NS_PER_S, LiveClock, SimClock, perf_ns
-from engine.config import Config
+from engine.config import Config, Credentials
 from engine.errors import ConfigError
 from engine.logs import get_logger, set_log_clock
 from engine.mailbox import Policy, conflate_by
 from engine.messages import ActorStats, BestBidOffer, PortfolioQuery, PortfolioSnapshot, StatsQuery
 from engine.replay import Pacer, ReplayResult, replay
+from engine.secrets import Secret
 from engine.supervisor import ActorSpec, Supervisor, SupervisorSpec
 from engine.supervisor import Strategy as SupervisionStrategy
 from simulations.sample_data import SAMPLE_FILES
 
+ALPACA_PAPER_URL = "https://paper-api.alpaca.markets"
+ALPACA_LIVE_URL = "https://api.alpaca.markets"
+ALPACA_DATA_URL = "wss://stream.data.alpaca.markets/v2/{feed}"
+FEED = "feed"
 SETTLEMENT = "settlement"
 ORDER_MANAGER = "order-manager"
 VENUE = "venue"
@@ -52,8 +63,10 @@ PRICING = "pricing"
 
 
 class SessionSummary(msgspec.Struct, kw_only=True):
-    """What ``kestrel run --json`` prints."""
+    """What ``kestrel run --json`` and ``kestrel replay --json`` print."""
 
+    mode: str
+    """``replay`` (simulated time, in process) or ``paper`` / ``live`` (through a venue adapter)."""
     ticks: int
     orders: int
     fills: int
@@ -83,6 +96,10 @@ class SessionOptions:
     """None: as fast as possible; else a multiple of real time."""
     progress: Callable[[int, int], None] | None = None
     """Called now and then with (ticks so far, simulated time ns)."""
+    venue_url: str | None = None
+    """Overrides ``[venue] url``: trade against an already running simulator."""
+    drain_timeout_s: float = 5.0
+    """After the recording ends: how long to wait for working orders to finish."""
 
 
 def strategy_factory(config: Config, name: str) -> Callable[[], Strategy]:
@@ -90,9 +107,7 @@ def strategy_factory(config: Config, name: str) -> Callable[[], Strategy]:
         make = STRATEGIES[name]
     except KeyError:
         known = ", ".join(sorted(STRATEGIES))
-        raise ConfigError(
-            "strategy", [("strategy.name", f"unknown strategy {name!r} (known: {known})")]
-        ) from None
+        raise ConfigError("strategy", [("strategy.name", f"unknown strategy {name!r} (known: {known})")]) from None
     params = config.strategy.params
     make(name, params)  # validate now, so a bad parameter is a clear error before anything starts
     return lambda: make(name, params)
@@ -121,7 +136,7 @@ def data_files(config: Config) -> list[Path]:
     return [Path(f) for f in config.data.files] or list(SAMPLE_FILES)
 
 
-async def run_paper_session(config: Config, options: SessionOptions) -> SessionSummary:
+async def run_replay_session(config: Config, options: SessionOptions) -> SessionSummary:
     """Replay the configured recording through the full actor set; return the summary."""
     log = get_logger(actor="node")
     strategy_name = options.strategy or config.strategy.name
@@ -132,22 +147,16 @@ async def run_paper_session(config: Config, options: SessionOptions) -> SessionS
     bus = Bus()
     root = Supervisor(session_tree(config, build_strategy), bus, clock, random.Random(config.engine.seed))
     pacer = Pacer(options.speed, LiveClock()) if options.speed is not None else None
-    log.info(
-        "session_starting", strategy=strategy_name, seed=config.engine.seed, files=[str(f) for f in files]
-    )
+    log.info("session_starting", strategy=strategy_name, seed=config.engine.seed, files=[str(f) for f in files])
 
     started = perf_ns()
     root_task = asyncio.create_task(root.run(), name="root-supervisor")
     try:
-        await asyncio.wait(
-            [asyncio.ensure_future(root.started()), root_task], return_when=asyncio.FIRST_COMPLETED
-        )
+        await asyncio.wait([asyncio.ensure_future(root.started()), root_task], return_when=asyncio.FIRST_COMPLETED)
         if root_task.done():
             await root_task  # raises why it could not start
         feed_task = asyncio.create_task(
-            replay(
-                read_batches(files, config.data.symbol), clock, bus, topics.MD_RAW, pacer, options.progress
-            )
+            replay(read_batches(files, config.data.symbol), clock, bus, topics.MD_RAW, pacer, options.progress)
         )
         await asyncio.wait([feed_task, root_task], return_when=asyncio.FIRST_COMPLETED)
         if root_task.done():
@@ -162,9 +171,7 @@ async def run_paper_session(config: Config, options: SessionOptions) -> SessionS
         root_task.cancel()
         await asyncio.gather(root_task, return_exceptions=True)
         set_log_clock(None)
-    log.info(
-        "session_finished", **{k: v for k, v in msgspec.to_builtins(summary).items() if k != "data_files"}
-    )
+    log.info("session_finished", **{k: v for k, v in msgspec.to_builtins(summary).items() if k != "data_files"})
     return summary
 
 
@@ -176,6 +183,7 @@ async def _summarise(
     files: list[Path],
     result: ReplayResult,
     wall_s: float,
+    mode: str = "replay",
 ) -> SessionSummary:
     portfolio: PortfolioSnapshot = await bus.request(SETTLEMENT, PortfolioQuery())
     orders: ActorStats = await bus.request(ORDER_MANAGER, StatsQuery())
@@ -183,6 +191,7 @@ async def _summarise(
     pricing_stats: ActorStats = await bus.request(PRICING, StatsQuery())
     crashes = sum(s.crashes for s in root.stats.values())
     return SessionSummary(
+        mode=mode,
         ticks=result.events,
         orders=orders.counters["submitted"],
         fills=portfolio.fills,
@@ -203,3 +212,152 @@ async def _summarise(
         quotes_crossed=pricing_stats.counters.get("crossed", 0),
         actor_crashes=crashes,
     )
+
+
+# ---------------------------------------------------------------- the live path
+
+
+def live_tree(
+    config: Config,
+    build_strategy: Callable[[], Strategy],
+    venue_url: str,
+    data_url: str,
+    credentials: Credentials,
+    symbols: list[str],
+) -> SupervisorSpec:
+    """The same actors as the replay tree, with Alpaca adapters at the venue boundary."""
+    by_symbol = conflate_by(lambda m: m.symbol)
+    market_data: dict[type, Policy] = {BestBidOffer: by_symbol}
+    rest = RestSettings(rate_per_minute=config.venue.rate_limit_per_minute)
+    return SupervisorSpec(
+        "root",
+        [
+            ActorSpec(SETTLEMENT, lambda: SettlementActor(config.venue.starting_cash, ORDER_MANAGER)),
+            ActorSpec(ORDER_MANAGER, lambda: OrderManagerActor(config.engine.run_id)),
+            ActorSpec(VENUE, lambda: AlpacaVenueActor(venue_url, credentials.key_id, credentials.secret_key, rest)),
+            ActorSpec(RISK, lambda: RiskActor(config.risk), policies=market_data),
+            ActorSpec(STRATEGY, lambda: StrategyActor(build_strategy, SETTLEMENT)),
+            ActorSpec(PRICING, PricingActor),
+            ActorSpec(FEED, lambda: AlpacaFeedActor(data_url, credentials.key_id, credentials.secret_key, symbols)),
+        ],
+        strategy=SupervisionStrategy.ONE_FOR_ONE,
+        max_restarts=5,
+        period_s=10.0,
+    )
+
+
+def _embedded_credentials(credentials: Credentials | None, rng: random.Random) -> Credentials:
+    """The embedded simulator's keys: the user's, if set, else a fresh random pair for this run."""
+    if credentials is not None:
+        return credentials
+    return Credentials(
+        Secret(f"PK{rng.getrandbits(64):016X}"),
+        Secret(f"{rng.getrandbits(160):040x}"),
+        source="generated for this run",
+    )
+
+
+async def run_live_session(config: Config, options: SessionOptions, credentials: Credentials | None) -> SessionSummary:
+    """Trade through the Alpaca adapters: against the embedded simulator (replaying the
+    configured recording), a running one (``venue_url``), or Alpaca itself.
+    """
+    log = get_logger(actor="node")
+    strategy_name = options.strategy or config.strategy.name
+    build_strategy = strategy_factory(config, strategy_name)
+    files = data_files(config)
+    symbols = sorted({symbol_for(f, config.data.symbol) for f in files})
+    clock = LiveClock()
+    rng = random.Random(config.engine.seed)
+    bus = Bus()
+    venue_url = options.venue_url or config.venue.url
+    simulator: RunningSimulator | None = None
+    kind = config.venue.kind
+    if kind == "simulator" and venue_url is None:
+        keys = _embedded_credentials(credentials, random.Random(f"keys:{config.engine.seed}:{clock.time_ns()}"))
+        simulator = await start_simulator(
+            SimulatorConfig(
+                feed_files=files,
+                speed=options.speed,
+                key_id=keys.key_id.reveal(),
+                secret_key=keys.secret_key.reveal(),
+                seed=config.engine.seed,
+                starting_cash=config.venue.starting_cash,
+                rate_limit_per_minute=max(config.venue.rate_limit_per_minute, 200),
+            ),
+            clock,
+        )
+        venue_url = simulator.url
+        data_url = simulator.data_url(config.venue.data_feed)
+    else:
+        if credentials is None:
+            raise ConfigError(
+                "credentials", [("", "trading against a venue needs APCA_API_KEY_ID and APCA_API_SECRET_KEY")]
+            )
+        keys = credentials
+        if kind == "simulator":
+            assert venue_url is not None
+            data_url = "ws" + venue_url[len("http") :].rstrip("/") + f"/v2/{config.venue.data_feed}"
+        else:
+            venue_url = ALPACA_LIVE_URL if kind == "alpaca-live" else ALPACA_PAPER_URL
+            data_url = ALPACA_DATA_URL.format(feed=config.venue.data_feed)
+    root = Supervisor(live_tree(config, build_strategy, venue_url, data_url, keys, symbols), bus, clock, rng)
+    log.info(
+        "live_session_starting",
+        venue=venue_url,
+        strategy=strategy_name,
+        symbols=symbols,
+        embedded=simulator is not None,
+    )
+    started = perf_ns()
+    root_task = asyncio.create_task(root.run(), name="root-supervisor")
+    try:
+        await _first_of(asyncio.ensure_future(root.started()), root_task)
+        if simulator is not None and simulator.player is not None:
+            await _first_of(asyncio.ensure_future(simulator.player.done.wait()), root_task)
+            await _drain(bus, options.drain_timeout_s, root_task)
+        else:
+            await _first_of(asyncio.ensure_future(_until_signalled()), root_task)
+        if root_task.done():
+            await root_task  # raises why the engine stopped
+        wall_s = (perf_ns() - started) / NS_PER_S
+        pricing: ActorStats = await bus.request(PRICING, StatsQuery())
+        ticks = pricing.counters.get("quotes", 0) + pricing.counters.get("trades", 0)
+        result = ReplayResult(ticks, None, clock.time_ns())
+        summary = await _summarise(bus, root, config, strategy_name, files, result, wall_s, config.engine.mode)
+    finally:
+        root_task.cancel()
+        await asyncio.gather(root_task, return_exceptions=True)
+        if simulator is not None:
+            await simulator.stop()
+    log.info("live_session_finished", ticks=summary.ticks, orders=summary.orders, fills=summary.fills)
+    return summary
+
+
+async def _first_of(waiter: asyncio.Future[Any], root_task: asyncio.Task[None]) -> None:
+    await asyncio.wait([waiter, root_task], return_when=asyncio.FIRST_COMPLETED)
+    if not waiter.done():
+        waiter.cancel()
+
+
+async def _drain(bus: Bus, timeout_s: float, root_task: asyncio.Task[None]) -> None:
+    """Let in-flight messages settle and working orders finish (bounded by ``timeout_s``)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while loop.time() < deadline and not root_task.done():
+        stats: ActorStats = await bus.request(ORDER_MANAGER, StatsQuery())
+        if stats.counters.get("working", 0) == 0:
+            return
+        await asyncio.wait([root_task], timeout=0.05)
+
+
+async def _until_signalled() -> None:
+    """Run until SIGINT or SIGTERM."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)

@@ -26,24 +26,38 @@ def kestrel(
     )
 
 
-def test_the_default_demo_trades_and_prints_its_summary(tmp_path: Path) -> None:
+def test_the_default_demo_trades_through_the_alpaca_adapter(tmp_path: Path) -> None:
     log = tmp_path / "demo.jsonl"
     done = kestrel("run", "--json", "--log", str(log))
     assert done.returncode == 0, done.stderr
-    summary = orjson.loads(done.stdout)
+    summary = orjson.loads(done.stdout)  # stdout is exactly one JSON object
     for key in ("ticks", "orders", "fills", "rejected", "positions", "realized_pnl", "wall_s"):
         assert key in summary
-    assert summary["ticks"] == 127_843
-    assert summary["orders"] > 100 and summary["fills"] >= summary["orders"] * 0.9
-    assert summary["quotes_suspicious"] == 1  # the one flagged row of the bundled day
+    assert summary["mode"] == "paper"
+    # The simulator pairs the day's 105,428 one-sided national rows into two-sided quotes
+    # and streams them with the 22,415 trades; every one of them reached pricing.
+    assert summary["ticks"] == 42_451 + 22_415
+    assert summary["orders"] > 5 and summary["fills"] >= summary["orders"]
     assert summary["actor_crashes"] == 0
     assert set(summary["positions"]) <= {"IBM"}
     Decimal(summary["realized_pnl"])  # an exact decimal string, not a float
     assert isinstance(summary["positions"].get("IBM", "0"), str)
     assert Decimal(summary["cash"]) != Decimal(100_000)
     events = [orjson.loads(line)["event"] for line in log.read_text().splitlines()]
-    assert events[0] == "session_starting" and events[-1] == "session_finished"
+    assert events[0] == "simulator_started" and events[-1] == "live_session_finished"
+    assert "live_session_starting" in events
+    assert "trade_updates_live" in events and "alpaca_data_subscribed" in events
     assert len(events) < 100, "no per-tick log lines"
+
+
+def test_the_replay_of_the_bundled_day(tmp_path: Path) -> None:
+    done = kestrel("replay", "--json", "--log", str(tmp_path / "r.jsonl"))
+    assert done.returncode == 0, done.stderr
+    summary = orjson.loads(done.stdout)
+    assert summary["mode"] == "replay"
+    assert summary["ticks"] == 127_843
+    assert summary["orders"] > 100 and summary["fills"] >= summary["orders"] * 0.9
+    assert summary["quotes_suspicious"] == 1  # the one flagged row of the bundled day
 
 
 def test_same_data_and_seed_give_the_same_session(tmp_path: Path) -> None:
@@ -54,7 +68,7 @@ def test_same_data_and_seed_give_the_same_session(tmp_path: Path) -> None:
     )
     runs = [
         orjson.loads(
-            kestrel("run", "--json", "--config", str(config), "--log", str(tmp_path / f"{i}.jsonl")).stdout
+            kestrel("replay", "--json", "--config", str(config), "--log", str(tmp_path / f"{i}.jsonl")).stdout
         )
         for i in range(2)
     ]
@@ -69,10 +83,10 @@ def test_human_summary_and_strategy_flag(tmp_path: Path) -> None:
     config = tmp_path / "k.toml"
     config.write_text(f"[data]\nfiles = {orjson.dumps([str(f) for f in files]).decode()}\n")
     done = kestrel(
-        "run", "--config", str(config), "--strategy", "ema-cross", "--log", str(tmp_path / "l.jsonl")
+        "replay", "--config", str(config), "--strategy", "ema-cross", "--log", str(tmp_path / "l.jsonl")
     )
     assert done.returncode == 0, done.stderr
-    assert "Kestrel paper session: ema-cross" in done.stdout
+    assert "Kestrel replay session: ema-cross" in done.stdout
     assert "orders" in done.stdout and "realized P&L" in done.stdout
 
 
@@ -82,7 +96,7 @@ def test_speed_factor_paces_the_replay(tmp_path: Path) -> None:
     config = tmp_path / "k.toml"
     config.write_text(f"[data]\nfiles = {orjson.dumps([str(f) for f in files]).decode()}\n")
     done = kestrel(
-        "run", "--json", "--speed", "10", "--config", str(config), "--log", str(tmp_path / "l.jsonl")
+        "replay", "--json", "--speed", "10", "--config", str(config), "--log", str(tmp_path / "l.jsonl")
     )
     assert done.returncode == 0, done.stderr
     assert orjson.loads(done.stdout)["wall_s"] >= 0.18
@@ -121,7 +135,7 @@ def test_a_corrupt_recording_row_names_file_and_line(tmp_path: Path) -> None:
     )
     config = tmp_path / "k.toml"
     config.write_text(f'[data]\nfiles = ["{quotes}"]\n')
-    done = kestrel("run", "--config", str(config), "--log", str(tmp_path / "l.jsonl"))
+    done = kestrel("replay", "--config", str(config), "--log", str(tmp_path / "l.jsonl"))
     _assert_user_error(done, f"{quotes}:3: not an integer field")
 
 
@@ -145,7 +159,7 @@ def test_a_placeholder_secret_is_refused_and_a_real_one_never_printed_or_logged(
         f'[data]\nfiles = {orjson.dumps([str(f) for f in files]).decode()}\n[log]\nlevel = "debug"\n'
     )
     log = tmp_path / "s.jsonl"
-    done = kestrel("run", "--config", str(config), "--log", str(log), env=env)
+    done = kestrel("run", "--config", str(config), "--log", str(log), env=env)  # the embedded venue uses these keys
     assert done.returncode == 0, done.stderr
     everything = done.stdout + done.stderr + log.read_text()
     assert secret not in everything and "PKREALKEY123456" not in everything

@@ -19,7 +19,7 @@ from engine.config import parse_config
 from engine.errors import SupervisorGaveUp
 from engine.messages import BestBidOffer, OrderIntent
 from kestrel import cli
-from kestrel.node import SessionOptions, run_paper_session
+from kestrel.node import SessionOptions, run_replay_session
 from tests.helpers import random_walk_day
 
 
@@ -38,7 +38,7 @@ async def test_a_crash_loop_makes_the_root_give_up(tmp_path: Path, monkeypatch: 
         {"data": {"files": [str(f) for f in files]}, "strategy": {"name": "broken"}}, "test"
     )
     with pytest.raises(SupervisorGaveUp, match="gave up: more than 5 restarts"):
-        await run_paper_session(config, SessionOptions())
+        await run_replay_session(config, SessionOptions())
 
 
 def test_the_cli_exits_3_with_one_line_and_the_tracebacks_in_the_log(
@@ -51,7 +51,7 @@ def test_the_cli_exits_3_with_one_line_and_the_tracebacks_in_the_log(
         f'[data]\nfiles = {orjson.dumps([str(f) for f in files]).decode()}\n[strategy]\nname = "broken"\n'
     )
     log = tmp_path / "k.jsonl"
-    assert cli.main(["run", "--config", str(config), "--log", str(log)]) == cli.EXIT_GAVE_UP
+    assert cli.main(["replay", "--config", str(config), "--log", str(log)]) == cli.EXIT_GAVE_UP
     err = capsys.readouterr().err
     assert "kestrel: error: engine stopped: supervisor 'root' gave up" in err and "Traceback" not in err
     lines = [orjson.loads(line) for line in log.read_text().splitlines()]
@@ -73,7 +73,7 @@ def test_a_progress_line_is_drawn_on_a_terminal(tmp_path: Path) -> None:
                 sys.executable,
                 "-m",
                 "kestrel.cli",
-                "run",
+                "replay",
                 "--config",
                 str(config),
                 "--log",
@@ -101,4 +101,4 @@ def test_a_progress_line_is_drawn_on_a_terminal(tmp_path: Path) -> None:
     assert done.returncode == 0
     shown = b"".join(chunks).decode(errors="replace")
     assert "\r[kestrel]" in shown and "ticks" in shown and "sim time 2024-01-02" in shown
-    assert b"Kestrel paper session" in done.stdout
+    assert b"Kestrel replay session" in done.stdout

@@ -1,0 +1,225 @@
+"""Running the Alpaca venue simulator: in-process (:func:`start_simulator`) or as a service (:func:`serve`).
+
+One simulator = one :class:`~adapters.alpaca_sim.state.VenueState` (the account and its
+orders), an aiohttp server on ``host:port`` (REST v2, ``/stream``, ``/v2/{feed}``), the
+market-data hub and, when recording files are given, a :class:`FeedPlayer` replaying
+them. Port 0 picks a free port; :attr:`RunningSimulator.url` says which.
+
+Keys: ``SimulatorConfig`` takes ``key_id``/``secret_key`` from the environment
+(``APCA_API_KEY_ID`` / ``APCA_API_SECRET_KEY``) when set, else the documented defaults
+``kestrel-sim-key`` / ``kestrel-sim-secret``. The secret is registered with the log
+redaction (:class:`engine.secrets.Secret`) and never shown by ``repr``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import Final
+
+import msgspec
+from aiohttp import web
+
+from adapters.alpaca_sim.feed import FeedPlayer
+from adapters.alpaca_sim.market_data import MarketDataHub
+from adapters.alpaca_sim.server import TRADE_HUB, build_app, make_authorizer
+from adapters.alpaca_sim.state import Faults, VenueSettings, VenueState
+from adapters.alpaca_sim.trade_stream import TradeStreamHub
+from adapters.lean_ticks import symbol_for
+from engine.clock import Clock, LiveClock
+from engine.logs import get_logger
+from engine.secrets import REDACTED, Secret
+
+DEFAULT_KEY_ID: Final = "kestrel-sim-key"
+DEFAULT_SECRET_KEY: Final = "kestrel-sim-secret"
+
+log = get_logger(actor="alpaca-sim")
+
+
+def default_key_id() -> str:
+    return os.environ.get("APCA_API_KEY_ID") or DEFAULT_KEY_ID
+
+
+def default_secret_key() -> str:
+    return os.environ.get("APCA_API_SECRET_KEY") or DEFAULT_SECRET_KEY
+
+
+class SimulatorConfig(msgspec.Struct, kw_only=True):
+    """Everything a simulator run needs; every field has a default.
+
+    ``speed``: replay speed (× real time), None = as fast as possible. Latencies are
+    ``(lo, hi)`` seconds drawn uniformly from the seeded generator. ``exit_when_done``:
+    :func:`serve` returns once the recording has been played.
+    ``feed_files`` are LEAN tick zips; decoding this struct from JSON/TOML needs a
+    ``dec_hook`` that builds :class:`~pathlib.Path` from ``str``.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    feed_files: list[Path] = msgspec.field(default_factory=list)
+    speed: float | None = 1.0
+    key_id: str = msgspec.field(default_factory=default_key_id)
+    secret_key: str = msgspec.field(default_factory=default_secret_key)
+    seed: int = 0
+    starting_cash: Decimal = Decimal(100000)
+    non_shortable: tuple[str, ...] = ()
+    shorting_enabled: bool = True
+    buying_power_multiplier: Decimal = Decimal(1)
+    ack_latency_s: tuple[float, float] = (0.001, 0.005)
+    fill_latency_s: tuple[float, float] = (0.001, 0.005)
+    emit_pending_events: bool = False
+    holidays: tuple[str, ...] = ()
+    rate_limit_per_minute: int = 200
+    stream_queue_limit: int = 1024
+    exit_when_done: bool = False
+    expire_day_orders_at_end: bool = True
+    market_data: bool = True
+    """Serve the market-data websocket (``/v2/{feed}``)."""
+
+    def __repr__(self) -> str:
+        fields = {f: getattr(self, f) for f in self.__struct_fields__}
+        fields["secret_key"] = REDACTED
+        return "SimulatorConfig(" + ", ".join(f"{k}={v!r}" for k, v in fields.items()) + ")"
+
+    def venue_settings(self) -> VenueSettings:
+        return VenueSettings(
+            starting_cash=self.starting_cash,
+            symbols=tuple(sorted({symbol_for(path, None) for path in self.feed_files})),
+            non_shortable=self.non_shortable,
+            shorting_enabled=self.shorting_enabled,
+            buying_power_multiplier=self.buying_power_multiplier,
+            ack_latency_s=self.ack_latency_s,
+            fill_latency_s=self.fill_latency_s,
+            emit_pending_events=self.emit_pending_events,
+            holidays=self.holidays,
+        )
+
+
+class RunningSimulator:
+    """A started simulator: its address, state, feed player and fault hooks."""
+
+    def __init__(
+        self,
+        url: str,
+        state: VenueState,
+        player: FeedPlayer | None,
+        hub: MarketDataHub | None,
+        runner: web.AppRunner,
+        player_task: asyncio.Task[None] | None,
+    ) -> None:
+        self.url = url
+        """``http://HOST:PORT`` (the REST base, without ``/v2``)."""
+        self.stream_url = url.replace("http://", "ws://", 1) + "/stream"
+        self.state = state
+        self.player = player
+        self.hub = hub
+        self.player_task = player_task
+        self.trade_hub: TradeStreamHub = runner.app[TRADE_HUB]
+        self._runner = runner
+        self._stopped = False
+
+    @property
+    def faults(self) -> Faults:
+        return self.state.faults
+
+    def data_url(self, feed: str = "iex") -> str:
+        return self.url.replace("http://", "ws://", 1) + f"/v2/{feed}"
+
+    async def stop(self) -> None:
+        """Stop the feed, close every websocket and the listening socket. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        task = self.player_task
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait([task])
+        if task is not None and task.done() and not task.cancelled() and task.exception() is not None:
+            log.error("feed_failed", error=repr(task.exception()))
+        await self._runner.cleanup()
+        log.info("simulator_stopped", url=self.url)
+
+
+async def start_simulator(config: SimulatorConfig, clock: Clock) -> RunningSimulator:
+    """Start a simulator on ``config.host:config.port`` (0 = any free port) and its feed, if any."""
+    Secret(config.secret_key)  # registers the text with the log redaction
+    state = VenueState(config.venue_settings(), clock, seed=config.seed)
+    authorize = make_authorizer(config.key_id, config.secret_key)
+    hub = (
+        MarketDataHub(authorize, clock, rng=random.Random(f"market-data:{config.seed}"))
+        if config.market_data
+        else None
+    )
+    app = build_app(
+        state,
+        hub,
+        config.key_id,
+        config.secret_key,
+        rate_limit_per_minute=config.rate_limit_per_minute,
+        stream_queue_limit=config.stream_queue_limit,
+    )
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    url = f"http://{host}:{port}"
+    player = None
+    player_task = None
+    if config.feed_files:
+        player = FeedPlayer(
+            config.feed_files,
+            state,
+            hub,
+            clock,
+            config.speed,
+            expire_day_orders_at_end=config.expire_day_orders_at_end,
+        )
+        player_task = asyncio.create_task(player.run(), name="alpaca-sim-feed")
+    log.info("simulator_started", url=url, feed_files=len(config.feed_files), seed=config.seed)
+    return RunningSimulator(url, state, player, hub, runner, player_task)
+
+
+async def serve(
+    host: str,
+    port: int,
+    feed_files: list[Path],
+    speed: float | None,
+    key_id: str,
+    secret_key: str,
+    seed: int,
+    ready: Callable[[str], None],
+    *,
+    exit_when_done: bool = False,
+    config: SimulatorConfig | None = None,
+) -> None:
+    """Run a simulator on a :class:`LiveClock` until cancelled (or, with ``exit_when_done``,
+    until the recording has been played). ``ready`` gets the ``http://HOST:PORT`` URL once
+    the socket listens. ``config`` supplies the other settings (its host, port, feed, speed,
+    keys and seed are replaced by the arguments). A feed that fails raises here.
+    """
+    base = config or SimulatorConfig()
+    settings = msgspec.structs.replace(
+        base,
+        host=host,
+        port=port,
+        feed_files=list(feed_files),
+        speed=speed,
+        key_id=key_id,
+        secret_key=secret_key,
+        seed=seed,
+        exit_when_done=exit_when_done,
+    )
+    simulator = await start_simulator(settings, LiveClock())
+    try:
+        ready(simulator.url)
+        if simulator.player_task is not None:
+            await simulator.player_task
+        if not settings.exit_when_done:
+            await asyncio.Event().wait()
+    finally:
+        await simulator.stop()
