@@ -1,14 +1,21 @@
-"""Run every benchmark: ``python -m benchmarks`` (or ``python3 .ci/dev.py bench``)."""
+"""Run every benchmark: ``python -m benchmarks`` (or ``python3 .ci/dev.py bench``).
+
+Arguments (e.g. ``--json``) are passed to each benchmark; only flags every benchmark
+accepts make sense here. Run one benchmark by its module for its own options.
+"""
 
 from __future__ import annotations
 
 import sys
 
-from benchmarks import bench_bus
+from benchmarks import bench_bus, bench_reconnect, bench_tick_to_order
 
 
 def main() -> int:
-    return bench_bus.main(sys.argv[1:])
+    status = 0
+    for bench in (bench_bus, bench_tick_to_order, bench_reconnect):
+        status = bench.main(sys.argv[1:]) or status
+    return status
 
 
 if __name__ == "__main__":
