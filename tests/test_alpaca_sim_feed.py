@@ -143,6 +143,9 @@ def _fills_of_a_replay(files: list[Path], seed: int) -> list[tuple[Any, ...]]:
             clock.call_at(when, place)
         player = FeedPlayer(files, state, FakeHub(), clock, speed=None, yield_every=64)
         await player.run()
+        open_ids = {o.id for o in state.orders.values() if o.is_open}
+        assert open_ids == {o.id for o in state._open.values()}  # the open-order index stays exact
+        assert all(o.in_flight == 0 for o in state.orders.values())
         return [(u.event, u.order.id, u.order.status, u.execution_id, u.price, u.qty, u.position_qty,
                  u.timestamp) for u in updates] + [("refused", *r) for r in refusals]
 

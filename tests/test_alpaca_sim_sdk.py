@@ -17,6 +17,11 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+
+with warnings.catch_warnings():  # alpaca-py 0.44 imports the deprecated websockets.legacy
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import websockets.legacy.client  # noqa: F401
+
 from alpaca.common.exceptions import APIError
 from alpaca.trading.client import TradingClient
 from alpaca.trading.enums import OrderSide, OrderStatus, QueryOrderStatus, TimeInForce
@@ -38,14 +43,11 @@ from alpaca.trading.requests import (
     MarketOrderRequest,
     ReplaceOrderRequest,
 )
+from alpaca.trading.stream import TradingStream
 
 from adapters.alpaca_sim.cli import RunningSimulator, SimulatorConfig, start_simulator
 from adapters.alpaca_sim.events import SimQuote
 from engine.clock import LiveClock
-
-with warnings.catch_warnings():  # alpaca-py 0.44 still uses websockets.legacy
-    warnings.simplefilter("ignore", DeprecationWarning)
-    from alpaca.trading.stream import TradingStream
 
 KEY, SECRET = "sdk-key", "sdk-secret"
 D = Decimal

@@ -40,6 +40,18 @@ HANDSHAKE_TIMEOUT_S: Final = 5.0
 UpdateSink = Callable[[wire.TradeUpdate], Awaitable[None]]
 
 
+def _check(update: wire.TradeUpdate) -> None:
+    """Refuse an update whose fields the adapter could not act on (it stays for REST catch-up)."""
+    order = update.order
+    if order.side not in ("buy", "sell"):
+        raise ValueError(f"unknown side {order.side!r}")
+    wire.parse_timestamp(order.updated_at)
+    if update.timestamp is not None:
+        wire.parse_timestamp(update.timestamp)
+    if update.event in ("fill", "partial_fill") and (update.qty is None or update.price is None or update.qty <= 0):
+        raise ValueError("fill without a positive qty and a price")
+
+
 class TradeUpdatesStream:
     def __init__(
         self,
@@ -161,7 +173,8 @@ class TradeUpdatesStream:
             if message.stream != "trade_updates":
                 return
             update = msgspec.convert(message.data, wire.TradeUpdate)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            _check(update)
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
             self.counters["decode_errors"] += 1
             self.log.warning("trade_update_undecodable", error=str(exc), frame=str(data)[:200])
             return

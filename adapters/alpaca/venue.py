@@ -57,13 +57,15 @@ class _StreamFailed:
 
 
 class _Tracked:
-    __slots__ = ("filled", "notional", "status", "venue_order_id")
+    __slots__ = ("filled", "notional", "status", "updated_ns", "venue_order_id")
 
     def __init__(self) -> None:
         self.venue_order_id = ""
         self.filled = ZERO
         self.notional = ZERO
         self.status = OrderStatus.PENDING_NEW
+        self.updated_ns = 0
+        """``updated_at`` of the newest venue snapshot of this order applied so far."""
 
 
 class AlpacaVenueActor(Actor):
@@ -89,6 +91,7 @@ class AlpacaVenueActor(Actor):
             "refused_breaker": 0,
             "ambiguous": 0,
             "catchup_fills": 0,
+            "stale_snapshots": 0,
         }
         self.rest: AlpacaRest
         self.stream: TradeUpdatesStream
@@ -283,6 +286,13 @@ class AlpacaVenueActor(Actor):
         except ValueError:
             self.ctx.log.error("unknown_order_status", status=order.status)
             return
+        updated_ns = wire.parse_timestamp(order.updated_at)
+        if updated_ns < tracked.updated_ns:
+            # An older snapshot than one already applied: the stream and a REST answer
+            # (submit response, catch-up) race, so e.g. "new" can arrive after "filled".
+            self.counters["stale_snapshots"] += 1
+            return
+        tracked.updated_ns = updated_ns
         tracked.status = status
         now = self.ctx.clock.time_ns()
         await self.ctx.publish(
@@ -292,7 +302,7 @@ class AlpacaVenueActor(Actor):
                 venue_order_id=order.id,
                 status=status,
                 filled_qty=order.filled_qty,
-                ts_event=wire.parse_timestamp(order.updated_at),
+                ts_event=updated_ns,
                 ts_recv=now,
             ),
         )

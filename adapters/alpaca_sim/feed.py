@@ -33,13 +33,14 @@ While playing, the venue reports the market open; at the end day orders expire
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Final, Literal, Protocol
 
 from adapters.alpaca_sim.events import SimQuote, SimTrade
 from adapters.alpaca_sim.state import VenueState
-from adapters.lean_ticks import read_batches
+from adapters.lean_ticks import Tick, read_events
 from engine.clock import NS_PER_S, Clock, SimClock
 from engine.logs import get_logger
 from engine.messages import ExchangeQuote, TradeTick
@@ -123,23 +124,13 @@ class FeedPlayer:
         """Play the whole recording (once)."""
         self.state.session_open = True
         log.info("feed_started", files=[str(f) for f in self.files], speed=self.speed)
-        async for batch in read_batches(self.files, batch_size=self.batch_size):
-            for tick in batch:
-                self.rows += 1
-                pending = self._pending
-                if pending is not None and not (
-                    isinstance(tick, ExchangeQuote) and (tick.symbol, tick.ts_event) == pending
-                ):
-                    self._flush(pending[0], pending[1])
-                if tick.suspicious and self.skip_suspicious:
-                    self.skipped += 1
-                    continue
-                await self._pace(tick.ts_event)
-                if isinstance(tick, ExchangeQuote):
-                    if self._apply(tick):
-                        self._pending = (tick.symbol, tick.ts_event)
-                else:
-                    self._emit_trade(tick)
+        ticks = read_events(self.files)
+
+        def next_batch() -> list[Tick]:  # blocking zip/CSV reading: runs in a worker thread
+            return list(itertools.islice(ticks, self.batch_size))
+
+        while batch := await asyncio.to_thread(next_batch):
+            await self._play(batch)
         if self._pending is not None:
             self._flush(*self._pending)
         if self._sim is not None:
@@ -153,6 +144,24 @@ class FeedPlayer:
             expired_orders=expired,
         )
         self.done.set()
+
+    async def _play(self, batch: list[Tick]) -> None:
+        for tick in batch:
+            self.rows += 1
+            pending = self._pending
+            if pending is not None and not (
+                isinstance(tick, ExchangeQuote) and (tick.symbol, tick.ts_event) == pending
+            ):
+                self._flush(pending[0], pending[1])
+            if tick.suspicious and self.skip_suspicious:
+                self.skipped += 1
+                continue
+            await self._pace(tick.ts_event)
+            if isinstance(tick, ExchangeQuote):
+                if self._apply(tick):
+                    self._pending = (tick.symbol, tick.ts_event)
+            else:
+                self._emit_trade(tick)
 
     async def _pace(self, ts_ns: int) -> None:
         if self._sim is not None:

@@ -268,6 +268,8 @@ class VenueState:
         self.books: dict[str, Book] = {}
         self.orders: dict[str, SimOrder] = {}
         self._by_client_id: dict[str, SimOrder] = {}
+        self._open: dict[str, SimOrder] = {}
+        """Orders not yet in a final status, in arrival order."""
         self._working: dict[str, list[SimOrder]] = {}
         self._positions: dict[str, _Position] = {}
         self.executions: list[Execution] = []
@@ -449,8 +451,8 @@ class VenueState:
     # ------------------------------------------------------------ risk
 
     def _open_orders(self, symbol: str | None = None) -> Iterable[SimOrder]:
-        for order in self.orders.values():
-            if order.is_open and order.pending_final is None and (symbol is None or order.symbol == symbol):
+        for order in self._open.values():
+            if order.pending_final is None and (symbol is None or order.symbol == symbol):
                 yield order
 
     def _reference_price(self, symbol: str, side: str, order_type: str, limit: Decimal | None,
@@ -478,7 +480,7 @@ class VenueState:
         """Cost of working orders that would add exposure (what buying power must cover)."""
         total = ZERO
         by_symbol: dict[str, list[SimOrder]] = {}
-        for order in sorted(self._open_orders(), key=lambda o: o.seq):
+        for order in self._open_orders():
             if order is exclude:
                 continue
             earlier = by_symbol.setdefault(order.symbol, [])
@@ -673,6 +675,7 @@ class VenueState:
         )
         self.orders[order.id] = order
         self._by_client_id[client_order_id] = order
+        self._open[order.id] = order
         self.counters["orders"] += 1
         return order
 
@@ -692,6 +695,7 @@ class VenueState:
         if reject:
             order.status = "rejected"
             order.failed_at = order.updated_at
+            self._retire(order)
             self.counters["rejected"] += 1
             self._emit("rejected", order)
             return
@@ -757,7 +761,7 @@ class VenueState:
         if order.remaining == 0:
             order.status = "filled"
             order.filled_at = now
-            self._leave_book(order)
+            self._retire(order)
             self._emit("fill", order, execution)
             return
         if order.cancel_requested_at is None:
@@ -770,6 +774,11 @@ class VenueState:
         working = self._working.get(order.symbol)
         if working is not None and order in working:
             working.remove(order)
+
+    def _retire(self, order: SimOrder) -> None:
+        """``order`` reached a final status: off the book and out of the open set."""
+        self._leave_book(order)
+        self._open.pop(order.id, None)
 
     def _request_final(self, order: SimOrder, final: str) -> None:
         """Take ``order`` off the book; it ends as ``final`` once nothing is in flight."""
@@ -785,6 +794,7 @@ class VenueState:
         order.status = final
         order.updated_at = now
         order.live = False
+        self._retire(order)
         if final == "canceled":
             order.canceled_at = now
             self.counters["canceled"] += 1
@@ -822,7 +832,7 @@ class VenueState:
     def cancel_all_orders(self) -> list[tuple[SimOrder, VenueError | None]]:
         """``DELETE /v2/orders``: try to cancel every open order; one result per order."""
         results: list[tuple[SimOrder, VenueError | None]] = []
-        for order in sorted(self._open_orders(), key=lambda o: o.seq):
+        for order in list(self._open_orders()):
             try:
                 self._cancel(order)
             except VenueError as exc:
@@ -876,7 +886,7 @@ class VenueState:
         old.replaced_by = new.id
         old.updated_at = now
         old.live = False
-        self._leave_book(old)
+        self._retire(old)
         self.counters["replaced"] += 1
         self._emit("replaced", old)
         self._start(new)
@@ -885,7 +895,7 @@ class VenueState:
     def expire_day_orders(self) -> int:
         """End of session: every open ``day``/``opg``/``cls`` order expires. Returns how many."""
         expiring = [o for o in self._open_orders() if o.time_in_force in DAY_LIKE]
-        for order in sorted(expiring, key=lambda o: o.seq):
+        for order in expiring:
             self._request_final(order, "expired")
         return len(expiring)
 
