@@ -69,10 +69,10 @@ async def test_serve_exits_when_the_feed_is_done(tmp_path: Path) -> None:
 
 async def test_the_feed_reaches_the_venue_and_the_market_data_stream(tmp_path: Path) -> None:
     files = random_walk_day(tmp_path, symbol="abc", quotes=2000)  # 200 s of recording
-    config = SimulatorConfig(key_id=KEY, secret_key=SECRET, feed_files=files, speed=50.0)
+    config = SimulatorConfig(key_id=KEY, secret_key=SECRET, feed_files=files, speed=50.0, symbols=("msft",))
     sim = await start_simulator(config, LiveClock())
     try:
-        assert sim.player is not None and {a.symbol for a in sim.state.list_assets()} == {"ABC", "FAKEPACA"}
+        assert sim.player is not None and {a.symbol for a in sim.state.list_assets()} == {"ABC", "FAKEPACA", "MSFT"}
         async with aiohttp.ClientSession(headers=AUTH) as http:
             data = await http.ws_connect(sim.data_url("iex"))
             assert json.loads(await data.receive_str()) == [{"T": "success", "msg": "connected"}]

@@ -146,6 +146,9 @@ def _fills_of_a_replay(files: list[Path], seed: int) -> list[tuple[Any, ...]]:
         open_ids = {o.id for o in state.orders.values() if o.is_open}
         assert open_ids == {o.id for o in state._open.values()}  # the open-order index stays exact
         assert all(o.in_flight == 0 for o in state.orders.values())
+        for (symbol, side), totals in state._totals.items():  # buying-power bookkeeping stays exact
+            working = [o for o in state._open.values() if (o.symbol, o.side) == (symbol, side)]
+            assert totals.qty == sum((o.remaining for o in working if o.pending_final is None), D(0))
         return [(u.event, u.order.id, u.order.status, u.execution_id, u.price, u.qty, u.position_qty,
                  u.timestamp) for u in updates] + [("refused", *r) for r in refusals]
 

@@ -65,6 +65,8 @@ class SimulatorConfig(msgspec.Struct, kw_only=True):
     key_id: str = msgspec.field(default_factory=default_key_id)
     secret_key: str = msgspec.field(default_factory=default_secret_key)
     seed: int = 0
+    symbols: tuple[str, ...] = ()
+    """Tradable symbols besides the feed's and ``FAKEPACA`` (they have no market until quoted)."""
     starting_cash: Decimal = Decimal(100000)
     non_shortable: tuple[str, ...] = ()
     shorting_enabled: bool = True
@@ -88,7 +90,9 @@ class SimulatorConfig(msgspec.Struct, kw_only=True):
     def venue_settings(self) -> VenueSettings:
         return VenueSettings(
             starting_cash=self.starting_cash,
-            symbols=tuple(sorted({symbol_for(path, None) for path in self.feed_files})),
+            symbols=tuple(
+                sorted({symbol_for(path, None) for path in self.feed_files} | {s.upper() for s in self.symbols})
+            ),
             non_shortable=self.non_shortable,
             shorting_enabled=self.shorting_enabled,
             buying_power_multiplier=self.buying_power_multiplier,

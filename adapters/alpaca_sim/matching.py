@@ -29,6 +29,7 @@ applies the decisions (see ``state.py``).
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Final
@@ -99,6 +100,8 @@ class SimOrder:
     pending_final: str | None = None
     """``canceled``/``expired``: the order leaves the book once nothing is in flight."""
     cancel_requested_at: int | None = None
+    counted_qty: Decimal = ZERO
+    """Quantity the venue counts as working for buying power (its bookkeeping, see state.py)."""
     executions: list[str] = field(default_factory=list)
 
     # ------------------------------------------------------------ derived
@@ -263,3 +266,80 @@ def fok_fillable(order: SimOrder, book: Book) -> bool:
     """Can ``order`` fill completely, in one execution, right now?"""
     found = match(order, book)
     return found is not None and found[0] == order.open_qty
+
+
+def _buy_key(order: SimOrder) -> tuple[int, Decimal, int]:
+    limit = order.working_limit
+    return (0, ZERO, order.seq) if limit is None else (1, -limit, order.seq)
+
+
+def _sell_key(order: SimOrder) -> tuple[int, Decimal, int]:
+    limit = order.working_limit
+    return (0, ZERO, order.seq) if limit is None else (1, limit, order.seq)
+
+
+class WorkingOrders:
+    """The orders working for one symbol, indexed so a quote only looks at those it can fill.
+
+    Buys are kept most aggressive first (market, then limit high to low), sells likewise
+    (market, then limit low to high); stop orders wait in a list of their own until
+    triggered. :meth:`marketable` returns the orders a touch price can fill **in arrival
+    order**, which is the order they share the quote's size in.
+    """
+
+    def __init__(self) -> None:
+        self.buys: list[SimOrder] = []
+        self.sells: list[SimOrder] = []
+        self.stops: list[SimOrder] = []
+
+    def __len__(self) -> int:
+        return len(self.buys) + len(self.sells) + len(self.stops)
+
+    def add(self, order: SimOrder) -> None:
+        if order.stop_price is not None and not order.triggered:
+            self.stops.append(order)
+        elif order.side == "buy":
+            bisect.insort(self.buys, order, key=_buy_key)
+        else:
+            bisect.insort(self.sells, order, key=_sell_key)
+
+    def remove(self, order: SimOrder) -> None:
+        if order.stop_price is not None and not order.triggered:
+            if order in self.stops:
+                self.stops.remove(order)
+            return
+        orders, key = (self.buys, _buy_key) if order.side == "buy" else (self.sells, _sell_key)
+        at = bisect.bisect_left(orders, key(order), key=key)
+        if at < len(orders) and orders[at] is order:
+            del orders[at]
+
+    def trigger(self, book: Book, trade_price: Decimal | None) -> None:
+        """Move the stops the quote or ``trade_price`` reached to the matching side."""
+        if not self.stops:
+            return
+        waiting = []
+        for order in self.stops:
+            if stop_reached(order, book, trade_price):
+                order.triggered = True
+                self.add(order)
+            else:
+                waiting.append(order)
+        self.stops = waiting
+
+    def marketable(self, side: str, price: Decimal) -> list[SimOrder]:
+        """The ``side`` orders that can trade at ``price``, in arrival order."""
+        found: list[SimOrder] = []
+        if side == "buy":
+            for order in self.buys:
+                limit = order.working_limit
+                if limit is not None and limit < price:
+                    break
+                found.append(order)
+        else:
+            for order in self.sells:
+                limit = order.working_limit
+                if limit is not None and limit > price:
+                    break
+                found.append(order)
+        found.sort(key=lambda o: o.seq)
+        return found

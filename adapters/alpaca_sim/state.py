@@ -32,16 +32,22 @@ times and the same seed give the same order ids, fills and execution ids.
 
 Latencies are drawn uniformly from ``[lo, hi]`` seconds (``VenueSettings``); ``(0, 0)``
 makes that step synchronous. Under a :class:`~engine.clock.SimClock` the timers fire
-when the feed player advances the clock.
+when the feed player advances the clock. A ``rejected`` order only comes from the
+``Faults.reject_next`` hook; refusals of invalid or unaffordable orders are synchronous
+HTTP errors and create no order.
 
 **Money.** Cash starts at ``starting_cash``; a buy pays ``qty × price``, a sell receives
 it (no fees). Positions are valued at the quote mid (else the last trade). Equity = cash
 + signed market value. Buying power = max(0, multiplier × equity − gross market value −
-the cost of working orders that would add exposure), where an order's cost is its
-remaining exposure-adding quantity × its limit (stop for stop orders; the current
-ask/bid for market orders). A new order whose exposure-adding cost exceeds the buying
-power is refused with 403 ``insufficient buying power`` (with ``buying_power`` and
-``cost_basis``). The multiplier defaults to 1 (cash-like); shorting is still allowed.
+the cost of working orders that would add exposure). Per symbol and side, working
+orders add exposure with the part of their remaining quantity beyond what closes the
+position (sells beyond the long, buys beyond the short), valued at the side's average
+reference price: the limit (the stop for stop orders; the current ask/bid for market
+orders). A new order is refused with 403 ``insufficient buying power`` (with
+``buying_power`` and ``cost_basis``) when its own exposure-adding quantity × its
+reference price exceeds the buying power left. A market order for a symbol with no
+quote and no trade yet costs nothing. The multiplier defaults to 1 (cash-like);
+shorting is still allowed.
 
 **Shorting.** A sell beyond the long quantity not already committed to other sell
 orders is a short sale: refused (403) when the account may not short (``account is not
@@ -68,6 +74,7 @@ from adapters.alpaca_sim.matching import (
     ZERO,
     Book,
     SimOrder,
+    WorkingOrders,
     fok_fillable,
     match,
     plain,
@@ -147,8 +154,8 @@ class Faults:
       then the connection is dropped without a response (an ambiguous outcome).
     - ``fail_next``: the next requests (one per entry) are answered with these HTTP
       statuses (e.g. 429, 500, 503) and a JSON error body, without being processed.
-    - ``delay_response_s``: every REST response is held this long (engine clock) after
-      the request was processed.
+    - ``delay_response_s``: every REST response is held this long after the request was
+      processed (on the engine clock: under a SimClock it waits until the clock moves).
     - ``reject_next``: the next N accepted orders are rejected asynchronously at
       acknowledgement (status ``rejected``, event ``rejected``).
     - ``hold_trade_updates``: while True, trade updates are queued instead of sent (as if
@@ -158,14 +165,14 @@ class Faults:
     - :meth:`disconnect_streams`: drops every ``/stream`` websocket abruptly.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, deliver: Callable[[wire.TradeUpdate], None]) -> None:
         self.drop_submit_response_next = 0
         self.fail_next: list[int] = []
         self.delay_response_s = 0.0
         self.reject_next = 0
         self._hold = False
         self._held: list[wire.TradeUpdate] = []
-        self._deliver: Callable[[wire.TradeUpdate], None] | None = None
+        self._deliver = deliver
         self._disconnectors: list[Callable[[], int]] = []
 
     @property
@@ -178,8 +185,13 @@ class Faults:
         if not value:
             held, self._held = self._held, []
             for update in held:
-                if self._deliver is not None:
-                    self._deliver(update)
+                self._deliver(update)
+
+    def intercept(self, update: wire.TradeUpdate) -> bool:
+        """Queue ``update`` if trade updates are held; True if it was."""
+        if self._hold:
+            self._held.append(update)
+        return self._hold
 
     @property
     def held_trade_updates(self) -> int:
@@ -223,6 +235,22 @@ class Execution:
     position_qty: Decimal
 
 
+def _fixed_price(order: SimOrder) -> Decimal | None:
+    """The price an order's buying-power cost is computed at, if it does not move with the market."""
+    if order.type in ("limit", "stop_limit"):
+        return order.limit_price
+    if order.type == "stop":
+        return order.stop_price
+    return None
+
+
+@dataclass
+class _SideTotals:
+    qty: Decimal = ZERO
+    priced_qty: Decimal = ZERO
+    notional: Decimal = ZERO
+
+
 @dataclass
 class _Position:
     symbol: str
@@ -254,8 +282,7 @@ class VenueState:
         self.settings = settings
         self.clock = clock
         self.rng = random.Random(seed)
-        self.faults = Faults()
-        self.faults._deliver = self._deliver
+        self.faults = Faults(self._deliver)
         self.calendar = MarketCalendar(settings.holidays)
         self.session_open: bool | None = None
         """Set by the feed player while it replays (overrides the calendar for ``/v2/clock``)."""
@@ -270,7 +297,9 @@ class VenueState:
         self._by_client_id: dict[str, SimOrder] = {}
         self._open: dict[str, SimOrder] = {}
         """Orders not yet in a final status, in arrival order."""
-        self._working: dict[str, list[SimOrder]] = {}
+        self._totals: dict[tuple[str, str], _SideTotals] = {}
+        """Per (symbol, side): remaining quantity of the working orders (see ``_sync_reservation``)."""
+        self._working: dict[str, WorkingOrders] = {}
         self._positions: dict[str, _Position] = {}
         self.executions: list[Execution] = []
         self._listeners: list[Callable[[wire.TradeUpdate], None]] = []
@@ -327,9 +356,7 @@ class VenueState:
             update.price = plain(execution.price)
             update.qty = plain(execution.qty)
             update.position_qty = plain(execution.position_qty)
-        if self.faults.hold_trade_updates:
-            self.faults._held.append(update)
-        else:
+        if not self.faults.intercept(update):
             self._deliver(update)
 
     def _deliver(self, update: wire.TradeUpdate) -> None:
@@ -403,12 +430,15 @@ class VenueState:
         if not working:
             return
         book = self.books[symbol]
-        for order in list(working):
-            if order.stop_price is not None and not order.triggered:
-                if not stop_reached(order, book, trade_price):
-                    continue
-                order.triggered = True
-            self._try_match(order, book)
+        working.trigger(book, trade_price)
+        for side in ("buy", "sell"):
+            price, left = book.touch(side)
+            if price is None or left <= 0:
+                continue
+            for order in working.marketable(side, price):
+                self._try_match(order, book)
+                if book.touch(side)[1] <= 0:
+                    break
 
     # ------------------------------------------------------------ validation helpers
 
@@ -469,29 +499,61 @@ class VenueState:
         position = self._positions.get(symbol)
         return ZERO if position is None else position.qty
 
-    def _adding_qty(self, symbol: str, side: str, qty: Decimal, others: list[SimOrder]) -> Decimal:
-        """How much of ``qty`` would add exposure, after the position and ``others`` (same side)."""
+    def _side_totals(self, symbol: str, side: str, exclude: SimOrder | None) -> tuple[Decimal, Decimal, Decimal]:
+        """(working qty, of it with a fixed price, their notional) of one side, minus ``exclude``."""
+        totals = self._totals.get((symbol, side))
+        if totals is None:
+            return ZERO, ZERO, ZERO
+        qty, priced_qty, notional = totals.qty, totals.priced_qty, totals.notional
+        if exclude is not None and (exclude.symbol, exclude.side) == (symbol, side) and exclude.counted_qty:
+            qty -= exclude.counted_qty
+            price = _fixed_price(exclude)
+            if price is not None:
+                priced_qty -= exclude.counted_qty
+                notional -= exclude.counted_qty * price
+        return qty, priced_qty, notional
+
+    def _closable(self, symbol: str, side: str) -> Decimal:
         held = self._position_qty(symbol)
-        committed = sum((o.remaining for o in others if o.side == side), ZERO)
-        closable = max(ZERO, held) if side == "sell" else max(ZERO, -held)
-        return max(ZERO, qty - max(ZERO, closable - committed))
+        return max(ZERO, held) if side == "sell" else max(ZERO, -held)
+
+    def _adding_qty(self, symbol: str, side: str, qty: Decimal, exclude: SimOrder | None) -> Decimal:
+        """How much of a new ``qty`` would add exposure, after the position and the working orders."""
+        committed, _, _ = self._side_totals(symbol, side, exclude)
+        return max(ZERO, qty - max(ZERO, self._closable(symbol, side) - committed))
 
     def _reserved(self, exclude: SimOrder | None) -> Decimal:
-        """Cost of working orders that would add exposure (what buying power must cover)."""
+        """Cost of working orders that would add exposure (what buying power must cover).
+
+        Per symbol and side: the working quantity beyond what closes the position, valued
+        at the side's average reference price (limit; stop for stop orders; the current
+        touch for market orders).
+        """
         total = ZERO
-        by_symbol: dict[str, list[SimOrder]] = {}
-        for order in self._open_orders():
-            if order is exclude:
+        for symbol, side in self._totals:
+            qty, priced_qty, notional = self._side_totals(symbol, side, exclude)
+            adding = qty - self._closable(symbol, side)
+            if qty <= 0 or adding <= 0:
                 continue
-            earlier = by_symbol.setdefault(order.symbol, [])
-            adding = self._adding_qty(order.symbol, order.side, order.remaining, earlier)
-            if adding > 0:
-                price = self._reference_price(
-                    order.symbol, order.side, order.type, order.limit_price, order.stop_price
-                )
-                total += adding * price
-            earlier.append(order)
+            market_qty = qty - priced_qty
+            if market_qty > 0:
+                notional += market_qty * self._reference_price(symbol, side, "market", None, None)
+            total += adding * notional / qty
         return total
+
+    def _sync_reservation(self, order: SimOrder) -> None:
+        """Keep the per-side working totals equal to the open orders' remaining quantities."""
+        target = order.remaining if order.id in self._open and order.pending_final is None else ZERO
+        delta = target - order.counted_qty
+        if delta == 0:
+            return
+        totals = self._totals.setdefault((order.symbol, order.side), _SideTotals())
+        totals.qty += delta
+        price = _fixed_price(order)
+        if price is not None:
+            totals.priced_qty += delta
+            totals.notional += delta * price
+        order.counted_qty = target
 
     def _market_values(self) -> tuple[Decimal, Decimal]:
         long_value = short_value = ZERO
@@ -517,15 +579,14 @@ class VenueState:
     def _check_risk(self, asset: wire.Asset, side: str, qty: Decimal, order_type: str,
                     limit: Decimal | None, stop: Decimal | None, exclude: SimOrder | None) -> None:
         symbol = asset.symbol
-        others = [o for o in self._open_orders(symbol) if o is not exclude]
-        adding = self._adding_qty(symbol, side, qty, others)
+        adding = self._adding_qty(symbol, side, qty, exclude)
         if side == "sell" and adding > 0:
             held = self._position_qty(symbol)
             if not self.settings.shorting_enabled:
                 raise forbidden("account is not allowed to short")
             if not asset.shortable:
                 if held > 0:
-                    held_for_orders = sum((o.remaining for o in others if o.side == "sell"), ZERO)
+                    held_for_orders, _, _ = self._side_totals(symbol, "sell", exclude)
                     available = max(ZERO, held - held_for_orders)
                     raise forbidden(
                         f"insufficient qty available for order (requested: {plain(qty)}, "
@@ -676,6 +737,7 @@ class VenueState:
         self.orders[order.id] = order
         self._by_client_id[client_order_id] = order
         self._open[order.id] = order
+        self._sync_reservation(order)
         self.counters["orders"] += 1
         return order
 
@@ -702,13 +764,16 @@ class VenueState:
         order.status = "new"
         order.live = True
         self._emit("new", order)
-        self._working.setdefault(order.symbol, []).append(order)
         self._arrive(order)
 
     def _arrive(self, order: SimOrder) -> None:
         book = self.books[order.symbol]
         if order.stop_price is not None and stop_reached(order, book):
             order.triggered = True
+        working = self._working.get(order.symbol)
+        if working is None:
+            working = self._working[order.symbol] = WorkingOrders()
+        working.add(order)
         if order.time_in_force == "fok":
             if fok_fillable(order, book):
                 self._try_match(order, book)
@@ -736,6 +801,7 @@ class VenueState:
         order.filled_qty += qty
         order.filled_notional += qty * price
         order.updated_at = now
+        self._sync_reservation(order)
         position = self._positions.get(order.symbol)
         if position is None:
             position = self._positions[order.symbol] = _Position(order.symbol, order.asset_id)
@@ -772,18 +838,20 @@ class VenueState:
 
     def _leave_book(self, order: SimOrder) -> None:
         working = self._working.get(order.symbol)
-        if working is not None and order in working:
+        if working is not None:
             working.remove(order)
 
     def _retire(self, order: SimOrder) -> None:
         """``order`` reached a final status: off the book and out of the open set."""
         self._leave_book(order)
         self._open.pop(order.id, None)
+        self._sync_reservation(order)
 
     def _request_final(self, order: SimOrder, final: str) -> None:
         """Take ``order`` off the book; it ends as ``final`` once nothing is in flight."""
         self._leave_book(order)
         order.pending_final = final
+        self._sync_reservation(order)
         if order.in_flight == 0:
             self._finish(order, final)
 
@@ -911,8 +979,7 @@ class VenueState:
         pl = market_value - cost_basis
         plpc = pl / abs(cost_basis) if cost_basis != 0 else ZERO
         side = "sell" if qty > 0 else "buy"
-        closing = (o.remaining for o in self._open_orders(position.symbol) if o.side == side)
-        held_for_orders = sum(closing, ZERO)
+        held_for_orders, _, _ = self._side_totals(position.symbol, side, None)
         available = max(ZERO, abs(qty) - held_for_orders)
         return wire.Position(
             asset_id=asset.id,
