@@ -199,4 +199,3 @@ def get_logger(**bound: Any) -> Any:
 
 
 Logger = Any
-LogFactory = Callable[..., Any]
