@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextvars
 import datetime as dt
 import sys
-from collections.abc import Callable, MutableMapping
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import IO, Any, Final
 
