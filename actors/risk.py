@@ -3,6 +3,11 @@
 Checks in this version (each rejection carries a stable reason code and the inputs it
 used, and is published on ``order.event`` for the strategy and counted):
 
+- ``VENUE_UNAVAILABLE`` — the venue adapter said (``VenueStatus`` on ``venue.status``)
+  that a component of its order path cannot take orders: the order endpoint's circuit
+  breaker is open, or the order-event stream is down, so an order could not be sent or
+  its fills could not be followed. A status with ``retry_at_ns`` stops blocking at that
+  time, so the breaker's half-open trial order can go through;
 - ``NO_REFERENCE_PRICE`` — no live NBBO for the symbol yet;
 - ``INVALID_QTY`` — quantity not positive;
 - ``MAX_ORDER_QTY`` — quantity above the cap;
@@ -27,6 +32,7 @@ from engine.messages import (
     RiskRejected,
     Side,
     StatsQuery,
+    VenueStatus,
 )
 
 
@@ -34,12 +40,15 @@ class RiskActor(Actor):
     def __init__(self, limits: RiskSection) -> None:
         self.limits = limits
         self.quotes: dict[str, BestBidOffer] = {}
+        self.venue_unavailable: dict[tuple[str, str], VenueStatus] = {}
+        """(venue, component) → the status that made it unavailable."""
         self.approved = 0
         self.rejections: Counter[str] = Counter()
 
     async def on_start(self) -> None:
         self.ctx.subscribe(topics.MD_BBO)
         self.ctx.subscribe(topics.ORDER_INTENT)
+        self.ctx.subscribe(topics.VENUE_STATUS)
 
     async def handle(self, message: Any) -> Any:
         kind = type(message)
@@ -47,6 +56,8 @@ class RiskActor(Actor):
             self.quotes[message.symbol] = message
         elif kind is OrderIntent:
             await self._check(message)
+        elif kind is VenueStatus:
+            self._venue_status(message)
         elif kind is StatsQuery:
             return ActorStats(
                 counters={"approved": self.approved, "rejected": sum(self.rejections.values())},
@@ -56,8 +67,31 @@ class RiskActor(Actor):
             raise TypeError(f"risk actor cannot handle {kind.__name__}")
         return None
 
+    def _venue_status(self, status: VenueStatus) -> None:
+        key = (status.venue, status.component)
+        if status.available:
+            if self.venue_unavailable.pop(key, None) is not None:
+                self.ctx.log.info("venue_available", venue=status.venue, component=status.component)
+        else:
+            self.venue_unavailable[key] = status
+            self.ctx.log.warning(
+                "venue_unavailable", venue=status.venue, component=status.component, reason=status.reason
+            )
+
+    def _blocking_status(self) -> VenueStatus | None:
+        now = self.ctx.clock.time_ns()
+        for status in self.venue_unavailable.values():
+            if status.retry_at_ns is None or now < status.retry_at_ns:
+                return status
+        return None
+
     async def _check(self, intent: OrderIntent) -> None:
         limits = self.limits
+        blocking = self._blocking_status()
+        if blocking is not None:
+            inputs = {"venue": blocking.venue, "component": blocking.component, "state": blocking.state}
+            await self._reject(intent, "VENUE_UNAVAILABLE", blocking.reason, inputs)
+            return
         bbo = self.quotes.get(intent.symbol)
         if bbo is None:
             await self._reject(intent, "NO_REFERENCE_PRICE", "no NBBO for the symbol yet", {})

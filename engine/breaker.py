@@ -167,6 +167,11 @@ class CircuitBreaker:
         return self._state
 
     @property
+    def trial_at_ns(self) -> int | None:
+        """While ``OPEN``: the engine-clock time from which a trial call will be admitted."""
+        return self._opened_at_ns + self._open_ns if self.state is OPEN else None
+
+    @property
     def failure_rate(self) -> float:
         """The share of failures among the outcomes in the window (0.0 if there are none)."""
         self._prune(self.clock.time_ns())

@@ -253,6 +253,27 @@ class Fill(Event, frozen=True, kw_only=True):
     ts_recv: int
 
 
+class VenueStatus(Event, frozen=True, kw_only=True):
+    """Whether a venue can take orders now, per component of its order path.
+
+    Published by a venue adapter on ``venue.status`` whenever a component changes state:
+    ``component`` is e.g. ``"orders"`` (the order endpoint's circuit breaker) or
+    ``"trade_updates"`` (the order-event stream). ``available`` False means an order sent
+    now would be refused or could not be followed; risk refuses intents until the venue
+    says otherwise. ``retry_at_ns``, when set, is the engine-clock time after which a
+    trial order may be let through (a breaker turns half-open then, and only traffic can
+    close it again).
+    """
+
+    venue: str
+    component: str
+    available: bool
+    state: str
+    reason: str
+    retry_at_ns: int | None = None
+    ts_event: int
+
+
 # ---------------------------------------------------------------- queries
 
 
@@ -297,6 +318,7 @@ Message = (
     | OrderUpdate
     | VenueExecution
     | Fill
+    | VenueStatus
     | PortfolioQuery
     | PortfolioSnapshot
     | FillHistoryQuery

@@ -12,6 +12,7 @@ topic              messages                                    from → to
 ``venue.report``   OrderUpdate, VenueExecution                 venue adapter → order manager
 ``order.fill``     Fill                                        order manager → settlement, strategies
 ``order.event``    RiskRejected, OrderUpdate                   risk, order manager → strategies
+``venue.status``   VenueStatus                                 venue adapter → risk
 =================  ==========================================  ===========================
 """
 
@@ -26,3 +27,4 @@ VENUE_COMMAND: Final = "venue.command"
 VENUE_REPORT: Final = "venue.report"
 ORDER_FILL: Final = "order.fill"
 ORDER_EVENT: Final = "order.event"
+VENUE_STATUS: Final = "venue.status"

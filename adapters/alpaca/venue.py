@@ -16,7 +16,13 @@ Safety rules it enforces:
   stream is live again, each order still working is looked up by client order id and
   anything the venue filled meanwhile is published as an execution carrying the venue's
   cumulative quantity (the order manager books each quantity once).
-- **Breaker open → refused fast** with the reason, and the state change is logged.
+- **Breaker open → refused fast** with the reason.
+- **Risk is told.** Every change of the order path's health — the ``orders`` circuit
+  breaker opening, turning half-open or closing; the trade-updates stream going down or
+  live — is published as a :class:`~engine.messages.VenueStatus` on ``venue.status``, so
+  risk refuses new intents up front (with a reason code) instead of letting them queue
+  behind a venue that cannot take them. The callbacks that notice a change are
+  synchronous; the newest status per component is kept and a small task publishes it.
 """
 
 from __future__ import annotations
@@ -41,11 +47,14 @@ from engine.messages import (
     StatsQuery,
     SubmitOrder,
     VenueExecution,
+    VenueStatus,
 )
 from engine.ratelimit import RateLimited
 from engine.secrets import Secret
 
 ZERO: Final = Decimal(0)
+VENUE: Final = "alpaca"
+ORDERS_BREAKER: Final = "alpaca.orders"
 FILL_EVENTS: Final = frozenset({"fill", "partial_fill"})
 
 
@@ -96,6 +105,9 @@ class AlpacaVenueActor(Actor):
         self.rest: AlpacaRest
         self.stream: TradeUpdatesStream
         self._stream_task: asyncio.Task[None] | None = None
+        self._status_task: asyncio.Task[None] | None = None
+        self._status_pending: dict[str, VenueStatus] = {}
+        self._status_ready = asyncio.Event()
 
     async def on_start(self) -> None:
         ctx = self.ctx
@@ -111,8 +123,11 @@ class AlpacaVenueActor(Actor):
         await self.rest.open()
         ws_url = "ws" + self.base_url[len("http") :] + "/stream"
         self.stream = TradeUpdatesStream(
-            ws_url, self.key_id, self.secret_key, ctx.clock, ctx.rng, self._on_update, self._catch_up
+            ws_url, self.key_id, self.secret_key, ctx.clock, ctx.rng, self._on_update, self._catch_up,
+            on_live_change=self._stream_live_changed,
         )
+        self._status_task = asyncio.create_task(self._publish_statuses(), name="alpaca-venue-status")
+        self._status_task.add_done_callback(self._stream_done)
         self._stream_task = asyncio.create_task(self.stream.run(), name="alpaca-trade-updates")
         self._stream_task.add_done_callback(self._stream_done)
         ctx.subscribe(topics.VENUE_COMMAND)
@@ -123,11 +138,14 @@ class AlpacaVenueActor(Actor):
             ctx.log.warning("trade_updates_not_live_at_start", timeout_s=self.start_timeout_s)
         if ctx.restarts:
             await self._catch_up()
+        # A fresh breaker is closed: say so, in case a predecessor left risk believing otherwise.
+        self._status_changed("orders", True, "closed", "circuit breaker closed")
 
     async def on_stop(self) -> None:
-        if self._stream_task is not None:
-            self._stream_task.cancel()
-            await asyncio.gather(self._stream_task, return_exceptions=True)
+        tasks = [t for t in (self._stream_task, self._status_task) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.rest.close()
 
     def _stream_done(self, task: asyncio.Task[None]) -> None:
@@ -136,8 +154,46 @@ class AlpacaVenueActor(Actor):
         mailbox = self.ctx.bus.mailbox(self.ctx.address)
         mailbox.offer(_StreamFailed(task.exception()))  # type: ignore[arg-type]
 
+    # ------------------------------------------------------------ health → risk
+
     def _breaker_changed(self, name: str, old: BreakerState, new: BreakerState) -> None:
         self.ctx.log.warning("breaker_state_changed", breaker=name, old=old.value, new=new.value)
+        if name != ORDERS_BREAKER:
+            return  # the queries breaker guards reads; orders can still be placed
+        if new is BreakerState.OPEN:
+            retry_at = self.rest.breakers["orders"].trial_at_ns
+            self._status_changed("orders", False, new.value, "order endpoint circuit breaker is open", retry_at)
+        else:
+            self._status_changed("orders", True, new.value, f"order endpoint circuit breaker is {new.value}")
+
+    def _stream_live_changed(self, live: bool) -> None:
+        if live:
+            self._status_changed("trade_updates", True, "live", "trade_updates stream is live")
+        else:
+            self._status_changed("trade_updates", False, "down", "trade_updates stream is down")
+
+    def _status_changed(
+        self, component: str, available: bool, state: str, reason: str, retry_at_ns: int | None = None
+    ) -> None:
+        self._status_pending[component] = VenueStatus(
+            venue=VENUE,
+            component=component,
+            available=available,
+            state=state,
+            reason=reason,
+            retry_at_ns=retry_at_ns,
+            ts_event=self.ctx.clock.time_ns(),
+        )
+        self._status_ready.set()
+
+    async def _publish_statuses(self) -> None:
+        """Publish the newest status of each component that changed (bounded: one per component)."""
+        while True:
+            await self._status_ready.wait()
+            self._status_ready.clear()
+            pending, self._status_pending = self._status_pending, {}
+            for status in pending.values():
+                await self.ctx.publish(topics.VENUE_STATUS, status)
 
     # ------------------------------------------------------------ commands
 
