@@ -1,38 +1,77 @@
-"""The order manager: turns approved intents into venue orders and tracks them.
+"""The order manager: turns approved intents into venue orders, journals every fact, recovers.
 
-- Assigns each order a deterministic client order id, ``<run_id>-<sequence>``; the
-  venue refuses a second order with the same id, which is what makes a resend safe.
-- Applies venue reports through a transition table; a report that would move an order
-  backwards or out of a final state is logged loudly and ignored (the journal-backed
-  version reconciles such an order with the venue).
-- De-duplicates executions by execution id: a replayed or duplicated report can never
-  book a fill twice. Executions that arrive after a cancel are still applied.
-- Publishes each new fill on ``order.fill`` and each order update on ``order.event``,
-  with the intent id and strategy attached, in that order (fill first, then status).
+The write-ahead rule (DESIGN §5). Every fact the order manager accepts is written to the
+journal and committed *before* anyone else hears of it:
+
+- an approved intent becomes ``OrderSubmitting`` (with a client order id
+  ``<prefix>-<sequence>``; the sequence lives in the journal, so an id is never issued
+  twice, across restarts included), and only after its commit is ``SubmitOrder``
+  published to the venue adapter — nothing is ever sent without its journal record;
+- venue reports pass the transition table (:data:`ALLOWED`) and de-duplication (by
+  execution id, and by the venue's cumulative quantity) first, then are journaled, then
+  applied to the :class:`~actors.order_book.Book` and published.
+
+A report that would be an impossible transition is logged loudly, not applied, and the
+order is looked up at the venue (``ReconcileOrders``); the venue's answer comes back
+``authoritative`` and is adopted (journaled as ``OrderReconciled``). An order without
+any venue acknowledgement past ``ack_sla_s`` is looked up the same way; still
+unacknowledged after ``max_ack_lookups`` lookups, it is escalated: trading is halted
+with the reason.
+
+If the journal cannot be written (disk full, I/O error), the order path stops: the
+intent is refused (``JOURNAL_FAILED``), trading goes ``HALTED`` with the reason, and no
+order is sent. Venue reports still reach the book in memory; the next start reconciles
+them from the venue.
+
+Recovery (``Recover``, sent by the composition root once every actor has started; risk
+refuses intents until it is over): rebuild the book from the newest snapshot plus the
+events after it, ask the venue for every order the journal has working, open orders
+carrying our prefix, positions and cash; adopt what the journal missed (orders, fills,
+final states), mark orders the venue never received as rejected, then compare positions
+and cash. A difference beyond tolerance leaves trading ``HALTED`` with a report; a kill
+switch journaled ``HALTED`` stays halted; otherwise trading becomes ``ACTIVE``.
+
+Without a journal (unit tests, a replay run without ``--journal``) the book lives in
+memory only and no recovery is needed.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Final
 
 import msgspec
 
-from engine import topics
+from actors.order_book import SNAPSHOT_KIND, Book, BookOrder
+from engine import crashpoints, topics
 from engine.actor import Actor
+from engine.journal import Journal, JournalError
 from engine.messages import (
+    AccountBaseline,
     ActorStats,
     ApprovedOrder,
     Fill,
     FillHistory,
     FillHistoryQuery,
+    Message,
+    OrderAdopted,
     OrderIntent,
+    OrderReconciled,
     OrderStatus,
+    OrderSubmitting,
     OrderUpdate,
+    ReconcileOrders,
+    Recover,
+    RecoveryReport,
+    RiskRejected,
     StatsQuery,
     SubmitOrder,
+    TradingState,
+    TradingStateChanged,
     VenueExecution,
+    VenueOrder,
+    VenueSnapshot,
+    VenueSnapshotQuery,
 )
 
 S = OrderStatus
@@ -65,34 +104,98 @@ ALLOWED: Final[dict[OrderStatus, frozenset[OrderStatus]]] = {
 }
 """Which status may follow which (staying in a status is always allowed)."""
 
+ZERO: Final = Decimal(0)
+JOURNAL_FAILED: Final = "JOURNAL_FAILED"
 
-@dataclass
-class OrderRecord:
-    intent: OrderIntent
-    client_order_id: str
-    status: OrderStatus = OrderStatus.PENDING_NEW
-    venue_order_id: str = ""
-    filled_qty: Decimal = Decimal(0)
+
+class _WatchdogTick:
+    """Sent to itself every half SLA: look for orders the venue never acknowledged."""
+
+
+_TICK: Final = _WatchdogTick()
 
 
 class OrderManagerActor(Actor):
-    def __init__(self, run_id: str) -> None:
-        self.run_id = run_id
-        self.sequence = 0
-        self.orders: dict[str, OrderRecord] = {}
-        self.execution_ids: set[str] = set()
-        self.fills: list[Fill] = []
+    def __init__(
+        self,
+        prefix: str,
+        journal: Journal | None = None,
+        *,
+        venue_address: str | None = None,
+        starting_cash: Decimal = ZERO,
+        cash_tolerance: Decimal = Decimal("0.01"),
+        snapshot_every: int = 10_000,
+        ack_sla_s: float = 5.0,
+        max_ack_lookups: int = 3,
+        recovery_attempts: int = 3,
+        recovery_timeout_s: float = 30.0,
+    ) -> None:
+        self.prefix = prefix
+        self.journal = journal
+        self.venue_address = venue_address
+        self.starting_cash = starting_cash
+        self.cash_tolerance = cash_tolerance
+        self.snapshot_every = snapshot_every
+        self.ack_sla_s = ack_sla_s
+        self.max_ack_lookups = max_ack_lookups
+        self.recovery_attempts = recovery_attempts
+        self.recovery_timeout_s = recovery_timeout_s
+        self.book = Book(cash=starting_cash)
+        self.journal_failed: str | None = None
+        self.ack_lookups: dict[str, int] = {}
+        self._since_snapshot = 0
+        self._watchdog_armed = False
         self.counters = {
             "submitted": 0,
             "fills": 0,
             "duplicate_executions": 0,
             "venue_rejected": 0,
             "bad_transitions": 0,
+            "reconciled": 0,
+            "ack_lookups": 0,
+            "journal_failures": 0,
         }
+
+    # ------------------------------------------------------------ lifecycle
 
     async def on_start(self) -> None:
         self.ctx.subscribe(topics.ORDER_APPROVED)
         self.ctx.subscribe(topics.VENUE_REPORT)
+        if self.journal is not None:
+            await self._rebuild(self.journal)
+        self._arm_watchdog()
+
+    async def _rebuild(self, journal: Journal) -> None:
+        snapshot = await journal.latest_snapshot(SNAPSHOT_KIND)
+        book = Book.decode(snapshot.payload) if snapshot is not None else Book(cash=self.starting_cash)
+        replayed = 0
+        async for entry in journal.read(after_seq=book.last_seq):
+            book.apply(entry.seq, entry.record)
+            replayed += 1
+        self.book = book
+        self.ctx.log.info(
+            "order_book_rebuilt",
+            snapshot_seq=snapshot.seq if snapshot is not None else 0,
+            events_replayed=replayed,
+            journal_seq=book.last_seq,
+            orders=len(book.orders),
+            working=len(book.working()),
+        )
+
+    def _arm_watchdog(self) -> None:
+        """Tick every half SLA while some order waits for its first venue acknowledgement."""
+        if self._watchdog_armed or all(o.acknowledged for o in self.book.working()):
+            return
+        self._watchdog_armed = True
+        mailbox = self.ctx.bus.mailbox(self.ctx.address)
+
+        def tick() -> None:
+            if not mailbox.offer(_TICK):  # a full mailbox: try again shortly, never lose the watchdog
+                self.ctx.clock.call_later(self.ack_sla_s / 10, tick)
+
+        self.ctx.clock.call_later(self.ack_sla_s / 2, tick)
+
+    # ------------------------------------------------------------ messages
 
     async def handle(self, message: Any) -> Any:
         kind = type(message)
@@ -102,45 +205,132 @@ class OrderManagerActor(Actor):
             await self._on_execution(message)
         elif kind is OrderUpdate:
             await self._on_update(message)
+        elif kind is _WatchdogTick:
+            await self._watchdog()
+        elif kind is Recover:
+            return await self._recover()
         elif kind is FillHistoryQuery:
-            return FillHistory(fills=list(self.fills))
+            baseline = self.book.baseline
+            return FillHistory(
+                fills=list(self.book.fills),
+                baseline_cash=baseline.cash if baseline is not None else None,
+                baseline_positions=dict(baseline.positions) if baseline is not None else {},
+            )
         elif kind is StatsQuery:
-            working = sum(1 for o in self.orders.values() if not o.status.is_terminal)
-            return ActorStats(counters={**self.counters, "working": working})
+            return ActorStats(counters={**self.counters, "working": len(self.book.working())})
         else:
             raise TypeError(f"order manager cannot handle {kind.__name__}")
         return None
 
-    def next_client_order_id(self) -> str:
-        self.sequence += 1
-        return f"{self.run_id}-{self.sequence}"
+    # ------------------------------------------------------------ journal
+
+    async def _record(self, record: Message) -> None:
+        """Journal ``record`` (wait for the commit), then apply it to the book.
+
+        Raises :class:`JournalError` when it cannot be made durable; the book is then
+        unchanged, so the caller decides what is safe.
+        """
+        if self.journal is None:
+            self.book.apply(self.book.last_seq + 1, record)
+            return
+        try:
+            seq = await self.journal.write(record)
+        except JournalError as exc:
+            await self._journal_failed(exc)
+            raise
+        self.book.apply(seq, record)
+        self._since_snapshot += 1
+        if self._since_snapshot >= self.snapshot_every:
+            await self._snapshot()
+
+    async def _record_or_keep(self, record: Message) -> None:
+        """For venue facts: journal them if possible, and apply them either way.
+
+        A fill the venue reports happened whether or not our disk is full; the book must
+        show it (and the next start will find it at the venue again).
+        """
+        try:
+            await self._record(record)
+        except JournalError:
+            self.book.apply(self.book.last_seq, record)
+
+    async def _snapshot(self) -> None:
+        assert self.journal is not None
+        self._since_snapshot = 0
+        try:
+            await self.journal.write_snapshot(SNAPSHOT_KIND, self.book.encode(), self.book.last_seq)
+        except JournalError as exc:
+            await self._journal_failed(exc)
+
+    async def _journal_failed(self, exc: JournalError) -> None:
+        self.counters["journal_failures"] += 1
+        if self.journal_failed is not None:
+            return
+        self.journal_failed = str(exc)
+        self.ctx.log.critical("journal_failed_order_path_stopped", error=str(exc))
+        await self._publish_state(TradingState.HALTED, f"journal write failed: {exc}")
+
+    async def _publish_state(self, state: TradingState, reason: str) -> None:
+        await self.ctx.publish(
+            topics.TRADING_STATE, TradingStateChanged(state=state, reason=reason, ts_init=self.ctx.clock.time_ns())
+        )
+
+    # ------------------------------------------------------------ orders
+
+    def next_client_order_id(self) -> tuple[str, int]:
+        sequence = self.book.sequence + 1
+        return f"{self.prefix}-{sequence}", sequence
 
     async def _submit(self, intent: OrderIntent) -> None:
-        client_order_id = self.next_client_order_id()
-        self.orders[client_order_id] = OrderRecord(intent, client_order_id)
+        if self.journal_failed is not None:
+            await self._refuse(intent, JOURNAL_FAILED, f"journal write failed: {self.journal_failed}")
+            return
+        client_order_id, sequence = self.next_client_order_id()
+        now = self.ctx.clock.time_ns()
+        order = SubmitOrder(
+            client_order_id=client_order_id,
+            intent_id=intent.intent_id,
+            symbol=intent.symbol,
+            side=intent.side,
+            qty=intent.qty,
+            order_type=intent.order_type,
+            limit_price=intent.limit_price,
+            time_in_force=intent.time_in_force,
+            ts_init=now,
+        )
+        try:
+            await self._record(OrderSubmitting(order=order, strategy=intent.strategy, sequence=sequence, ts_init=now))
+        except JournalError as exc:
+            await self._refuse(intent, JOURNAL_FAILED, f"not sent: journal write failed: {exc}")
+            return
+        crashpoints.hit("order.after_commit_before_send")
         self.counters["submitted"] += 1
+        await self.ctx.publish(topics.VENUE_COMMAND, order)
+        self._arm_watchdog()
+
+    async def _refuse(self, intent: OrderIntent, reason: str, detail: str) -> None:
+        self.ctx.log.error("intent_refused", reason=reason, detail=detail)
         await self.ctx.publish(
-            topics.VENUE_COMMAND,
-            SubmitOrder(
-                client_order_id=client_order_id,
+            topics.ORDER_EVENT,
+            RiskRejected(
                 intent_id=intent.intent_id,
+                strategy=intent.strategy,
                 symbol=intent.symbol,
-                side=intent.side,
-                qty=intent.qty,
-                order_type=intent.order_type,
-                limit_price=intent.limit_price,
-                time_in_force=intent.time_in_force,
+                reason=reason,
+                detail=detail,
+                inputs={},
                 ts_init=self.ctx.clock.time_ns(),
             ),
         )
 
     async def _on_execution(self, execution: VenueExecution) -> None:
-        if execution.execution_id in self.execution_ids:
-            self.counters["duplicate_executions"] += 1
-            return
-        order = self.orders.get(execution.client_order_id)
+        order = self.book.orders.get(execution.client_order_id)
         if order is None:
             self.ctx.log.error("execution_for_unknown_order", execution_id=execution.execution_id)
+            await self._reconcile([execution.client_order_id], "execution for an order the journal does not know")
+            return
+        if execution.execution_id in order.execution_ids:
+            self.counters["duplicate_executions"] += 1
             return
         qty = execution.qty
         if execution.cum_qty is not None:
@@ -150,17 +340,12 @@ class OrderManagerActor(Actor):
             if qty <= 0:
                 self.counters["duplicate_executions"] += 1
                 return
-        self.execution_ids.add(execution.execution_id)
-        order.filled_qty += qty
-        order.venue_order_id = execution.venue_order_id
-        self.counters["fills"] += 1
-        intent = order.intent
         fill = Fill(
             client_order_id=execution.client_order_id,
             venue_order_id=execution.venue_order_id,
             execution_id=execution.execution_id,
-            intent_id=intent.intent_id,
-            strategy=intent.strategy,
+            intent_id=order.intent_id,
+            strategy=order.strategy,
             symbol=execution.symbol,
             side=execution.side,
             qty=qty,
@@ -169,26 +354,262 @@ class OrderManagerActor(Actor):
             ts_event=execution.ts_event,
             ts_recv=execution.ts_recv,
         )
-        self.fills.append(fill)
+        await self._record_or_keep(fill)
+        self.counters["fills"] += 1
         await self.ctx.publish(topics.ORDER_FILL, fill)
+        if order.filled_qty < order.qty and not order.is_terminal:
+            crashpoints.hit("order.between_partial_fills")
 
     async def _on_update(self, update: OrderUpdate) -> None:
-        order = self.orders.get(update.client_order_id)
+        order = self.book.orders.get(update.client_order_id)
         if order is None:
             self.ctx.log.error("update_for_unknown_order", status=update.status.value)
+            if not update.authoritative:
+                await self._reconcile([update.client_order_id], "update for an order the journal does not know")
             return
-        if update.status is not order.status and update.status not in ALLOWED[order.status]:
+        allowed = update.status is order.status or update.status in ALLOWED[order.status]
+        if not allowed and not update.authoritative:
             self.counters["bad_transitions"] += 1
             self.ctx.log.error(
                 "impossible_order_transition", current=order.status.value, reported=update.status.value
             )
+            await self._reconcile([order.client_order_id], f"impossible transition {order.status} -> {update.status}")
             return
-        order.status = update.status
-        order.venue_order_id = update.venue_order_id
+        if update.status is order.status and update.venue_order_id == order.venue_order_id and order.acknowledged:
+            return  # nothing new (a repeated report)
+        record: Message = update
+        if not allowed:
+            self.counters["reconciled"] += 1
+            self.ctx.log.error(
+                "order_state_adopted_from_venue", current=order.status.value, venue=update.status.value
+            )
+            record = OrderReconciled(
+                client_order_id=order.client_order_id,
+                venue_order_id=update.venue_order_id,
+                status=update.status,
+                filled_qty=order.filled_qty,  # fills are booked only from executions
+                reason=f"venue says {update.status}, journal had {order.status}",
+                ts_init=self.ctx.clock.time_ns(),
+            )
+        await self._record_or_keep(record)
+        self.ack_lookups.pop(order.client_order_id, None)
         if update.status is OrderStatus.REJECTED:
             self.counters["venue_rejected"] += 1
             self.ctx.log.warning("order_rejected_by_venue", reason=update.reason)
         await self.ctx.publish(
             topics.ORDER_EVENT,
-            msgspec.structs.replace(update, intent_id=order.intent.intent_id, strategy=order.intent.strategy),
+            msgspec.structs.replace(update, intent_id=order.intent_id, strategy=order.strategy),
         )
+
+    async def _reconcile(self, client_order_ids: list[str], reason: str) -> None:
+        self.counters["reconciled"] += 1
+        await self.ctx.publish(
+            topics.VENUE_COMMAND,
+            ReconcileOrders(client_order_ids=client_order_ids, reason=reason, ts_init=self.ctx.clock.time_ns()),
+        )
+
+    # ------------------------------------------------------------ acknowledgement watchdog
+
+    async def _watchdog(self) -> None:
+        self._watchdog_armed = False
+        try:
+            now = self.ctx.clock.time_ns()
+            sla_ns = int(self.ack_sla_s * 1e9)
+            overdue = [
+                o for o in self.book.working() if not o.acknowledged and now - o.submitted_ns > sla_ns
+            ]
+            lookup: list[str] = []
+            for order in overdue:
+                attempts = self.ack_lookups.get(order.client_order_id, 0)
+                if attempts >= self.max_ack_lookups:
+                    if attempts == self.max_ack_lookups:
+                        self.ack_lookups[order.client_order_id] = attempts + 1
+                        await self._escalate(order)
+                    continue
+                self.ack_lookups[order.client_order_id] = attempts + 1
+                lookup.append(order.client_order_id)
+            if lookup:
+                self.counters["ack_lookups"] += len(lookup)
+                self.ctx.log.warning("orders_unacknowledged", orders=lookup, sla_s=self.ack_sla_s)
+                await self._reconcile(lookup, f"no venue acknowledgement within {self.ack_sla_s} s")
+        finally:
+            self._arm_watchdog()
+
+    async def _escalate(self, order: BookOrder) -> None:
+        reason = (
+            f"order {order.client_order_id} unacknowledged after {self.max_ack_lookups} venue lookups: halting"
+        )
+        self.ctx.log.critical("order_unacknowledged_escalated", client_order_id=order.client_order_id)
+        await self._set_state(TradingState.HALTED, reason)
+
+    async def _set_state(self, state: TradingState, reason: str) -> None:
+        record = TradingStateChanged(state=state, reason=reason, ts_init=self.ctx.clock.time_ns())
+        try:
+            await self._record(record)
+        except JournalError as exc:
+            # _record has halted the order path already; this change is not durable.
+            self.ctx.log.error("trading_state_not_journaled", state=state.value, error=str(exc))
+        await self.ctx.publish(topics.TRADING_STATE, record)
+
+    # ------------------------------------------------------------ recovery
+
+    async def _recover(self) -> RecoveryReport:
+        book = self.book
+        known = len(book.orders)
+        if self.venue_address is None:
+            raise RuntimeError("recovery needs the venue adapter's address")
+        adopted: list[str] = []
+        not_at_venue: list[str] = []
+        missed_fills = 0
+        checked = 0
+        mismatches: list[str] = []
+        for attempt in range(1, self.recovery_attempts + 1):
+            ask = [o.client_order_id for o in book.working()]
+            query = VenueSnapshotQuery(client_order_ids=ask, prefix=f"{self.prefix}-", ts_init=self.ctx.clock.time_ns())
+            snapshot: VenueSnapshot = await self.ctx.request(self.venue_address, query, self.recovery_timeout_s)
+            crashpoints.hit("recovery.midway")
+            checked += len(snapshot.orders)
+            fresh_baseline = book.baseline is None
+            if fresh_baseline:
+                baseline = AccountBaseline(
+                    cash=snapshot.cash if snapshot.cash is not None else self.starting_cash,
+                    positions=dict(snapshot.positions or {}),
+                    source="venue" if snapshot.cash is not None else "configuration",
+                    ts_init=self.ctx.clock.time_ns(),
+                )
+                await self._record(baseline)
+                await self.ctx.publish(topics.ORDER_FILL, baseline)
+            for venue_order in snapshot.orders:
+                if venue_order.client_order_id not in book.orders:
+                    await self._adopt(venue_order)
+                    adopted.append(venue_order.client_order_id)
+                # A baseline taken just now already holds whatever these orders filled.
+                missed_fills += await self._catch_up(venue_order, book_fills=not fresh_baseline)
+            for client_order_id in snapshot.missing:
+                order = book.orders.get(client_order_id)
+                if order is None or order.is_terminal or order.acknowledged:
+                    continue
+                await self._record(
+                    OrderReconciled(
+                        client_order_id=client_order_id,
+                        venue_order_id="",
+                        status=OrderStatus.REJECTED,
+                        filled_qty=ZERO,
+                        reason="not at the venue after a restart: it was never sent",
+                        ts_init=self.ctx.clock.time_ns(),
+                    )
+                )
+                not_at_venue.append(client_order_id)
+            mismatches = self._compare(snapshot)
+            if not mismatches:
+                break
+            # Fills can land between the venue's answers (orders, then positions): ask again.
+            self.ctx.log.warning("recovery_books_differ", attempt=attempt, mismatches=mismatches)
+        if mismatches:
+            state, reason = TradingState.HALTED, "journal and venue disagree: " + "; ".join(mismatches)
+        elif book.trading_state is TradingState.HALTED:
+            state, reason = TradingState.HALTED, f"kill switch still on: {book.trading_reason}"
+        else:
+            state, reason = TradingState.ACTIVE, "recovered: journal and venue agree"
+        if state is not book.trading_state or reason != book.trading_reason:
+            await self._record(TradingStateChanged(state=state, reason=reason, ts_init=self.ctx.clock.time_ns()))
+        if self.journal is not None:
+            await self._snapshot()
+        report = RecoveryReport(
+            state=state,
+            reason=reason,
+            journal_seq=book.last_seq,
+            orders_known=known,
+            orders_checked=checked,
+            adopted=adopted,
+            missed_fills=missed_fills,
+            not_at_venue=not_at_venue,
+            mismatches=mismatches,
+        )
+        log = self.ctx.log.critical if state is TradingState.HALTED else self.ctx.log.info
+        log("recovery_finished", **msgspec.structs.asdict(report))
+        await self._publish_state(state, reason)
+        return report
+
+    async def _adopt(self, venue_order: VenueOrder) -> None:
+        client_order_id = venue_order.client_order_id
+        _, _, tail = client_order_id.rpartition("-")
+        sequence = int(tail) if tail.isdigit() else 0
+        self.ctx.log.error("venue_order_adopted", client_order_id=client_order_id)
+        await self._record(
+            OrderAdopted(
+                order=SubmitOrder(
+                    client_order_id=client_order_id,
+                    intent_id=f"adopted:{client_order_id}",
+                    symbol=venue_order.symbol,
+                    side=venue_order.side,
+                    qty=venue_order.qty,
+                    order_type=venue_order.order_type,
+                    limit_price=venue_order.limit_price,
+                    time_in_force=venue_order.time_in_force,
+                    ts_init=venue_order.updated_ns,
+                ),
+                sequence=sequence,
+                reason="at the venue with our prefix, unknown to the journal",
+                ts_init=self.ctx.clock.time_ns(),
+            )
+        )
+
+    async def _catch_up(self, venue_order: VenueOrder, book_fills: bool) -> int:
+        """Book what the venue filled that the journal missed, then adopt its status."""
+        order = self.book.orders[venue_order.client_order_id]
+        missed = venue_order.filled_qty - order.filled_qty
+        fills = 0
+        if missed > 0 and book_fills:
+            average = venue_order.filled_avg_price
+            if average is None:
+                raise ValueError(f"venue reports {venue_order.filled_qty} filled without an average price")
+            # What the journal has not seen, priced so the order's total matches the venue's.
+            price = (average * venue_order.filled_qty - order.notional) / missed
+            now = self.ctx.clock.time_ns()
+            fill = Fill(
+                client_order_id=order.client_order_id,
+                venue_order_id=venue_order.venue_order_id,
+                execution_id=f"recovery:{venue_order.venue_order_id}:{venue_order.filled_qty}",
+                intent_id=order.intent_id,
+                strategy=order.strategy,
+                symbol=order.symbol,
+                side=order.side,
+                qty=missed,
+                price=price,
+                fee=ZERO,
+                ts_event=venue_order.updated_ns,
+                ts_recv=now,
+            )
+            await self._record(fill)
+            self.counters["fills"] += 1
+            fills = 1
+            await self.ctx.publish(topics.ORDER_FILL, fill)
+        if (
+            venue_order.status is not order.status
+            or venue_order.venue_order_id != order.venue_order_id
+            or venue_order.filled_qty != order.filled_qty
+        ):
+            await self._record(
+                OrderReconciled(
+                    client_order_id=order.client_order_id,
+                    venue_order_id=venue_order.venue_order_id,
+                    status=venue_order.status,
+                    filled_qty=venue_order.filled_qty,
+                    reason="venue state at recovery",
+                    ts_init=self.ctx.clock.time_ns(),
+                )
+            )
+        return fills
+
+    def _compare(self, snapshot: VenueSnapshot) -> list[str]:
+        book = self.book
+        mismatches: list[str] = []
+        if snapshot.positions is not None:
+            for symbol in sorted(set(book.positions) | set(snapshot.positions)):
+                ours, theirs = book.positions.get(symbol, ZERO), snapshot.positions.get(symbol, ZERO)
+                if ours != theirs:
+                    mismatches.append(f"{symbol} position: journal {ours}, venue {theirs}")
+        if snapshot.cash is not None and abs(book.cash - snapshot.cash) > self.cash_tolerance:
+            mismatches.append(f"cash: journal {book.cash}, venue {snapshot.cash} (tolerance {self.cash_tolerance})")
+        return mismatches

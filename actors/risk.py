@@ -3,6 +3,11 @@
 Checks in this version (each rejection carries a stable reason code and the inputs it
 used, and is published on ``order.event`` for the strategy and counted):
 
+- ``TRADING_RECOVERING`` / ``TRADING_HALTED`` / ``TRADING_REDUCING`` — the trading state
+  (``TradingStateChanged`` on ``trading.state``, journaled by the order manager) is not
+  ``ACTIVE``. A live node starts ``RECOVERING``: nothing trades until recovery has
+  reconciled the journal with the venue. ``REDUCING`` refuses every intent until risk
+  tracks exposure (it cannot yet tell which orders shrink it);
 - ``VENUE_UNAVAILABLE`` — the venue adapter said (``VenueStatus`` on ``venue.status``)
   that a component of its order path cannot take orders: the order endpoint's circuit
   breaker is open, or the order-event stream is down, so an order could not be sent or
@@ -32,13 +37,17 @@ from engine.messages import (
     RiskRejected,
     Side,
     StatsQuery,
+    TradingState,
+    TradingStateChanged,
     VenueStatus,
 )
 
 
 class RiskActor(Actor):
-    def __init__(self, limits: RiskSection) -> None:
+    def __init__(self, limits: RiskSection, state: TradingState = TradingState.ACTIVE) -> None:
         self.limits = limits
+        self.state = state
+        self.state_reason = "initial state"
         self.quotes: dict[str, BestBidOffer] = {}
         self.venue_unavailable: dict[tuple[str, str], VenueStatus] = {}
         """(venue, component) → the status that made it unavailable."""
@@ -49,6 +58,7 @@ class RiskActor(Actor):
         self.ctx.subscribe(topics.MD_BBO)
         self.ctx.subscribe(topics.ORDER_INTENT)
         self.ctx.subscribe(topics.VENUE_STATUS)
+        self.ctx.subscribe(topics.TRADING_STATE)
 
     async def handle(self, message: Any) -> Any:
         kind = type(message)
@@ -58,14 +68,26 @@ class RiskActor(Actor):
             await self._check(message)
         elif kind is VenueStatus:
             self._venue_status(message)
+        elif kind is TradingStateChanged:
+            self._trading_state(message)
         elif kind is StatsQuery:
             return ActorStats(
-                counters={"approved": self.approved, "rejected": sum(self.rejections.values())},
-                breakdown={"rejections_by_reason": dict(self.rejections)},
+                counters={
+                    "approved": self.approved,
+                    "rejected": sum(self.rejections.values()),
+                    "active": int(self.state is TradingState.ACTIVE),
+                },
+                breakdown={"rejections_by_reason": dict(self.rejections), "trading_state": {self.state.value: 1}},
             )
         else:
             raise TypeError(f"risk actor cannot handle {kind.__name__}")
         return None
+
+    def _trading_state(self, change: TradingStateChanged) -> None:
+        if change.state is not self.state:
+            log = self.ctx.log.warning if change.state is not TradingState.ACTIVE else self.ctx.log.info
+            log("trading_state_changed", old=self.state.value, new=change.state.value, reason=change.reason)
+        self.state, self.state_reason = change.state, change.reason
 
     def _venue_status(self, status: VenueStatus) -> None:
         key = (status.venue, status.component)
@@ -87,6 +109,10 @@ class RiskActor(Actor):
 
     async def _check(self, intent: OrderIntent) -> None:
         limits = self.limits
+        if self.state is not TradingState.ACTIVE:
+            code = f"TRADING_{self.state.name}"
+            await self._reject(intent, code, f"trading is {self.state.value}: {self.state_reason}", {})
+            return
         blocking = self._blocking_status()
         if blocking is not None:
             inputs = {"venue": blocking.venue, "component": blocking.component, "state": blocking.state}

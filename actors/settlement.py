@@ -16,6 +16,7 @@ from typing import Any
 from engine import topics
 from engine.actor import Actor
 from engine.messages import (
+    AccountBaseline,
     ActorStats,
     Fill,
     FillHistory,
@@ -55,6 +56,19 @@ class Ledger:
         self.fees = ZERO
         self.fills = 0
         self.execution_ids: set[str] = set()
+
+    def set_baseline(self, cash: Decimal, positions: dict[str, Decimal]) -> None:
+        """Start from an account as the venue reported it: cash, and positions of unknown cost.
+
+        A baseline position's cost is unknown to us, so its lot is priced at zero and
+        realised P&L on closing it is not meaningful; cash and quantities are exact.
+        """
+        self.cash = cash
+        for symbol, qty in positions.items():
+            if qty:
+                position = self.positions[symbol] = Position()
+                position.qty = qty
+                position.lots.append([qty, ZERO])
 
     def apply(self, fill: Fill) -> bool:
         """Book a fill; False (and no change) if its execution id was booked before."""
@@ -98,7 +112,13 @@ class Ledger:
 
 
 class SettlementActor(Actor):
-    """Hosts the :class:`Ledger`. After a restart it rebuilds it from the order manager's fills."""
+    """Hosts the :class:`Ledger`, built from the order manager's fills when it starts.
+
+    The order manager must start first (it rebuilds its book from the journal): the
+    ledger asks it for the account baseline and every fill so far, so a restarted actor
+    — or a restarted process — begins from the same book. Fills recovery books later
+    arrive on ``order.fill`` like any other.
+    """
 
     def __init__(self, starting_cash: Decimal, fills_address: str) -> None:
         self.ledger = Ledger(starting_cash)
@@ -106,16 +126,21 @@ class SettlementActor(Actor):
 
     async def on_start(self) -> None:
         self.ctx.subscribe(topics.ORDER_FILL)
-        if self.ctx.restarts:
-            history: FillHistory = await self.ctx.request(self.fills_address, FillHistoryQuery())
-            for fill in history.fills:
-                self.ledger.apply(fill)
-            self.ctx.log.info("ledger_rebuilt", source=self.fills_address, fills=self.ledger.fills)
+        history: FillHistory = await self.ctx.request(self.fills_address, FillHistoryQuery())
+        if history.baseline_cash is not None:
+            self.ledger.set_baseline(history.baseline_cash, history.baseline_positions)
+        for fill in history.fills:
+            self.ledger.apply(fill)
+        self.ctx.log.info("ledger_rebuilt", source=self.fills_address, fills=self.ledger.fills)
 
     async def handle(self, message: Any) -> Any:
         kind = type(message)
         if kind is Fill:
             self.ledger.apply(message)
+        elif kind is AccountBaseline:
+            if self.ledger.fills:
+                raise RuntimeError("an account baseline after fills: the order manager's book is inconsistent")
+            self.ledger.set_baseline(message.cash, message.positions)
         elif kind is PortfolioQuery:
             return self.ledger.snapshot()
         elif kind is StatsQuery:

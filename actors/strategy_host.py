@@ -14,6 +14,7 @@ from actors.strategies.base import Strategy
 from engine import topics
 from engine.actor import Actor
 from engine.messages import (
+    AccountBaseline,
     ActorStats,
     BestBidOffer,
     Fill,
@@ -39,9 +40,10 @@ class StrategyActor(Actor):
         self.strategy.intent_prefix = f"{self.strategy.name}.{self.ctx.restarts}"
         for topic in (topics.MD_BBO, topics.MD_TRADE, topics.ORDER_FILL, topics.ORDER_EVENT):
             self.ctx.subscribe(topic)
-        if self.ctx.restarts:
-            # A fresh instance knows nothing: ask the ledger what we hold.
-            snapshot: PortfolioSnapshot = await self.ctx.request(self.portfolio_address, PortfolioQuery())
+        # A fresh instance (a restarted actor, or a restarted process whose ledger the
+        # journal rebuilt) knows nothing: ask the ledger what we hold.
+        snapshot: PortfolioSnapshot = await self.ctx.request(self.portfolio_address, PortfolioQuery())
+        if snapshot.positions:
             self.strategy.restore_positions(snapshot.positions)
             self.ctx.log.info(
                 "strategy_state_rebuilt",
@@ -59,6 +61,10 @@ class StrategyActor(Actor):
             intents = strategy.on_bbo(message, now)
         elif kind is TradeTick:
             intents = strategy.on_trade(message, now)
+        elif kind is AccountBaseline:
+            # Recovery's first look at the account: what it holds is where we start.
+            strategy.restore_positions(message.positions)
+            return None
         elif kind is Fill:
             if message.strategy != strategy.name:
                 return None

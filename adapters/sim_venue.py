@@ -35,11 +35,15 @@ from engine.messages import (
     OrderStatus,
     OrderType,
     OrderUpdate,
+    ReconcileOrders,
     Side,
     StatsQuery,
     SubmitOrder,
     TimeInForce,
     VenueExecution,
+    VenueOrder,
+    VenueSnapshot,
+    VenueSnapshotQuery,
 )
 
 ZERO = Decimal(0)
@@ -50,6 +54,7 @@ class _VenueOrder:
     order: SubmitOrder
     venue_order_id: str
     filled: Decimal = ZERO
+    notional: Decimal = ZERO
     executions: int = 0
     status: OrderStatus = OrderStatus.NEW
 
@@ -82,11 +87,62 @@ class SimulatedVenue(Actor):
             await self._on_submit(message)
         elif kind is CancelOrder:
             await self._on_cancel(message)
+        elif kind is ReconcileOrders:
+            await self._reconcile(message)
+        elif kind is VenueSnapshotQuery:
+            return self._snapshot(message)
         elif kind is StatsQuery:
             return ActorStats(counters=dict(self.counters))
         else:
             raise TypeError(f"simulated venue cannot handle {kind.__name__}")
         return None
+
+    # ------------------------------------------------------------ reconciliation
+
+    def _venue_order(self, entry: _VenueOrder) -> VenueOrder:
+        order = entry.order
+        average = None
+        if entry.filled:
+            average = entry.notional / entry.filled
+        return VenueOrder(
+            client_order_id=order.client_order_id,
+            venue_order_id=entry.venue_order_id,
+            symbol=order.symbol,
+            side=order.side,
+            qty=order.qty,
+            order_type=order.order_type,
+            limit_price=order.limit_price,
+            time_in_force=order.time_in_force,
+            status=entry.status,
+            filled_qty=entry.filled,
+            filled_avg_price=average,
+            updated_ns=self.ctx.clock.time_ns(),
+        )
+
+    def _snapshot(self, query: VenueSnapshotQuery) -> VenueSnapshot:
+        """This venue lives in the process: it knows its orders, not an account (no positions, no cash)."""
+        found = [self._venue_order(self.orders[cid]) for cid in query.client_order_ids if cid in self.orders]
+        asked = set(query.client_order_ids)
+        found += [
+            self._venue_order(entry)
+            for cid, entry in self.orders.items()
+            if cid not in asked and cid.startswith(query.prefix) and not entry.status.is_terminal
+        ]
+        missing = [cid for cid in query.client_order_ids if cid not in self.orders]
+        return VenueSnapshot(orders=found, missing=missing, positions=None, cash=None, ts_init=self.ctx.clock.time_ns())
+
+    async def _reconcile(self, command: ReconcileOrders) -> None:
+        now = self.ctx.clock.time_ns()
+        for client_order_id in command.client_order_ids:
+            entry = self.orders.get(client_order_id)
+            if entry is None:
+                await self._report(
+                    client_order_id, "", OrderStatus.REJECTED, now, ZERO, "not at the venue", authoritative=True
+                )
+            else:
+                await self._report(
+                    client_order_id, entry.venue_order_id, entry.status, now, entry.filled, authoritative=True
+                )
 
     # ------------------------------------------------------------ commands
 
@@ -202,6 +258,7 @@ class SimulatedVenue(Actor):
 
     async def _execute(self, entry: _VenueOrder, qty: Decimal, price: Decimal, now: int) -> None:
         entry.filled += qty
+        entry.notional += qty * price
         entry.executions += 1
         self.counters["executions"] += 1
         order = entry.order
@@ -231,6 +288,8 @@ class SimulatedVenue(Actor):
         now: int,
         filled: Decimal,
         reason: str | None = None,
+        *,
+        authoritative: bool = False,
     ) -> None:
         if status is OrderStatus.REJECTED:
             self.counters["rejected"] += 1
@@ -242,6 +301,7 @@ class SimulatedVenue(Actor):
                 status=status,
                 reason=reason,
                 filled_qty=filled,
+                authoritative=authoritative,
                 ts_event=now,
                 ts_recv=now,
             ),

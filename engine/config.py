@@ -100,6 +100,28 @@ class VenueSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError("fee_per_share: must not be negative")
 
 
+class JournalSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    path: str | None = None
+    """The write-ahead order journal (SQLite). Unset: none — fine for the embedded simulator
+    and replays, refused for Alpaca itself. Restarting on an existing journal recovers from it."""
+    durability: Literal["process", "power"] = "process"
+    """``process``: survives any crash of the process (kill -9); ``power``: also power loss (slower)."""
+    snapshot_every: int = 10_000
+    """Journal events between snapshots of the order book (restart replays at most this many)."""
+    cash_tolerance: Decimal = Decimal("0.01")
+    """Recovery halts trading when journal cash and venue cash differ by more than this."""
+    ack_sla_s: float = 5.0
+    """An order without venue acknowledgement this long is looked up (then escalated)."""
+
+    def __post_init__(self) -> None:
+        if self.snapshot_every < 1:
+            raise ValueError("snapshot_every: must be at least 1")
+        if self.cash_tolerance < 0:
+            raise ValueError("cash_tolerance: must not be negative")
+        if not self.ack_sla_s > 0:
+            raise ValueError("ack_sla_s: must be positive")
+
+
 class SecretsSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     file: str | None = None
     """A TOML file with ``key_id`` and ``secret_key``; the environment wins over it."""
@@ -112,6 +134,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     strategy: StrategySection = msgspec.field(default_factory=StrategySection)
     risk: RiskSection = msgspec.field(default_factory=RiskSection)
     venue: VenueSection = msgspec.field(default_factory=VenueSection)
+    journal: JournalSection = msgspec.field(default_factory=JournalSection)
     secrets: SecretsSection = msgspec.field(default_factory=SecretsSection)
     profile: str | None = None
     """The profile that was applied (set by the loader, not by files)."""
@@ -210,6 +233,8 @@ def parse_config(data: Mapping[str, Any], source: str, profile: str | None = Non
         raw = _merge(raw, profiles[profile])
     config, struct_problems = _struct_problems(raw, Config, "")
     problems.extend(struct_problems)
+    if config is not None and config.venue.kind != "simulator" and not config.journal.path:
+        problems.append(("journal.path", f"trading on {config.venue.kind} needs a journal: set journal.path"))
     if problems or config is None:
         raise ConfigError(source, problems)
     return msgspec.structs.replace(config, profile=profile)
@@ -250,6 +275,7 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         log=msgspec.structs.replace(config.log, path=_resolve(base, config.log.path)),
         data=msgspec.structs.replace(config.data, files=[str(_resolve(base, f)) for f in config.data.files]),
         secrets=msgspec.structs.replace(config.secrets, file=_resolve(base, config.secrets.file)),
+        journal=msgspec.structs.replace(config.journal, path=_resolve(base, config.journal.path)),
     )
 
 

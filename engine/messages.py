@@ -34,6 +34,10 @@ class Side(enum.StrEnum):
 class OrderType(enum.StrEnum):
     MARKET = "market"
     LIMIT = "limit"
+    STOP = "stop"
+    STOP_LIMIT = "stop_limit"
+    TRAILING_STOP = "trailing_stop"
+    """The last three are never sent by Kestrel; they name venue orders recovery may adopt."""
 
 
 class TimeInForce(enum.StrEnum):
@@ -41,6 +45,8 @@ class TimeInForce(enum.StrEnum):
     GTC = "gtc"
     IOC = "ioc"
     FOK = "fok"
+    OPG = "opg"
+    CLS = "cls"
 
 
 class OrderStatus(enum.StrEnum):
@@ -211,6 +217,9 @@ class OrderUpdate(Event, frozen=True, kw_only=True):
     intent_id: str | None = None
     """Filled in by the order manager when it forwards the update to strategies."""
     strategy: str | None = None
+    authoritative: bool = False
+    """The venue's answer to a reconciliation lookup: its truth, applied even where the
+    transition table would not allow it (and then logged loudly)."""
     ts_event: int
     ts_recv: int
 
@@ -251,6 +260,147 @@ class Fill(Event, frozen=True, kw_only=True):
     fee: Decimal
     ts_event: int
     ts_recv: int
+
+
+# ---------------------------------------------------------------- journal records
+#
+# What the order manager writes to the journal besides the messages above (OrderUpdate,
+# Fill, RiskRejected): the write-ahead intent to send, the account baseline cash and
+# positions are counted from, venue truth adopted during reconciliation, and the
+# trading state (the kill switch).
+
+
+class OrderSubmitting(Event, frozen=True, kw_only=True):
+    """Committed to the journal *before* the venue sees the order (the write-ahead rule)."""
+
+    order: SubmitOrder
+    strategy: str
+    sequence: int
+    """The order manager's client-order-id sequence number; never reused across restarts."""
+    ts_init: int
+
+
+class AccountBaseline(Event, frozen=True, kw_only=True):
+    """Cash and positions as the venue reported them; the journal's book counts from here."""
+
+    cash: Decimal
+    positions: dict[str, Decimal]
+    source: str
+    ts_init: int
+
+
+class OrderAdopted(Event, frozen=True, kw_only=True):
+    """A venue order carrying our client-order-id prefix that the journal did not know."""
+
+    order: SubmitOrder
+    sequence: int
+    """Its sequence number, parsed from the client order id: never to be issued again."""
+    reason: str
+    ts_init: int
+
+
+class OrderReconciled(Event, frozen=True, kw_only=True):
+    """The venue's view of an order, adopted after a restart, a gap or an impossible transition."""
+
+    client_order_id: str
+    venue_order_id: str
+    status: OrderStatus
+    filled_qty: Decimal
+    reason: str
+    ts_init: int
+
+
+class TradingState(enum.StrEnum):
+    """Risk's trading states (DESIGN §6)."""
+
+    RECOVERING = "recovering"
+    """Starting up: the journal and the venue are being reconciled; no new orders."""
+    ACTIVE = "active"
+    REDUCING = "reducing"
+    """Only orders that shrink exposure."""
+    HALTED = "halted"
+    """No new orders."""
+
+
+class TradingStateChanged(Event, frozen=True, kw_only=True):
+    """The kill switch: who changed the trading state and why. Journaled; survives restarts."""
+
+    state: TradingState
+    reason: str
+    ts_init: int
+
+
+# ---------------------------------------------------------------- reconciliation
+
+
+class ReconcileOrders(Event, frozen=True, kw_only=True):
+    """Order manager → venue adapter: look these orders up and report what the venue has.
+
+    The adapter answers on ``venue.report`` through the normal path: missed executions
+    (with cumulative quantities), then an ``OrderUpdate`` with ``authoritative=True``;
+    an order the venue does not have after its visibility delay is reported ``rejected``
+    with the reason.
+    """
+
+    client_order_ids: list[str]
+    reason: str
+    ts_init: int
+
+
+class VenueOrder(Event, frozen=True, kw_only=True):
+    """One order as the venue has it."""
+
+    client_order_id: str
+    venue_order_id: str
+    symbol: str
+    side: Side
+    qty: Decimal
+    order_type: OrderType
+    limit_price: Decimal | None
+    time_in_force: TimeInForce
+    status: OrderStatus
+    filled_qty: Decimal
+    filled_avg_price: Decimal | None
+    updated_ns: int
+
+
+class VenueSnapshotQuery(Event, frozen=True, kw_only=True):
+    """Recovery asks the venue adapter (request/reply) for its view of our business."""
+
+    client_order_ids: list[str]
+    """Orders the journal thinks are working or unacknowledged: each is looked up."""
+    prefix: str
+    """Our client-order-id prefix: open venue orders carrying it are reported too."""
+    ts_init: int
+
+
+class VenueSnapshot(Event, frozen=True, kw_only=True):
+    orders: list[VenueOrder]
+    missing: list[str]
+    """Asked for, and not at the venue after its visibility delay."""
+    positions: dict[str, Decimal] | None
+    """Signed quantities; None when the venue cannot say (the in-process replay venue)."""
+    cash: Decimal | None
+    ts_init: int
+
+
+class Recover(Event, frozen=True, kw_only=True):
+    """The composition root → order manager (request/reply), once every actor has started."""
+
+
+class RecoveryReport(Event, frozen=True, kw_only=True):
+    """What recovery found and did; ``state`` is the trading state it left risk in."""
+
+    state: TradingState
+    reason: str
+    journal_seq: int
+    orders_known: int
+    orders_checked: int
+    adopted: list[str]
+    missed_fills: int
+    not_at_venue: list[str]
+    mismatches: list[str]
+    """One line per position or cash difference beyond tolerance (empty when the books agree)."""
 
 
 class VenueStatus(Event, frozen=True, kw_only=True):
@@ -295,6 +445,9 @@ class FillHistoryQuery(Event, frozen=True, kw_only=True):
 
 class FillHistory(Event, frozen=True, kw_only=True):
     fills: list[Fill]
+    baseline_cash: Decimal | None = None
+    """The cash the fills count from, when the order manager knows it (from the journal)."""
+    baseline_positions: dict[str, Decimal] = {}
 
 
 class StatsQuery(Event, frozen=True, kw_only=True):
@@ -318,6 +471,17 @@ Message = (
     | OrderUpdate
     | VenueExecution
     | Fill
+    | OrderSubmitting
+    | OrderAdopted
+    | AccountBaseline
+    | OrderReconciled
+    | ReconcileOrders
+    | VenueOrder
+    | VenueSnapshotQuery
+    | VenueSnapshot
+    | Recover
+    | RecoveryReport
+    | TradingStateChanged
     | VenueStatus
     | PortfolioQuery
     | PortfolioSnapshot

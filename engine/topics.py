@@ -10,9 +10,10 @@ topic              messages                                    from → to
 ``order.approved`` ApprovedOrder                               risk → order manager
 ``venue.command``  SubmitOrder, CancelOrder                    order manager → venue adapter
 ``venue.report``   OrderUpdate, VenueExecution                 venue adapter → order manager
-``order.fill``     Fill                                        order manager → settlement, strategies
+``order.fill``     Fill, AccountBaseline                       order manager → settlement, strategies
 ``order.event``    RiskRejected, OrderUpdate                   risk, order manager → strategies
 ``venue.status``   VenueStatus                                 venue adapter → risk
+``trading.state``  TradingStateChanged                         order manager (journal) → risk
 =================  ==========================================  ===========================
 """
 
@@ -28,3 +29,4 @@ VENUE_REPORT: Final = "venue.report"
 ORDER_FILL: Final = "order.fill"
 ORDER_EVENT: Final = "order.event"
 VENUE_STATUS: Final = "venue.status"
+TRADING_STATE: Final = "trading.state"

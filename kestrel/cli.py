@@ -1,7 +1,8 @@
 """The ``kestrel`` command.
 
-Exit codes: 0 success; 2 a user error (bad flag, file, config key or data row: one
-line on stderr, no traceback); 3 the engine stopped itself because a supervisor gave up;
+Exit codes: 0 success; 1 ``kestrel journal verify`` found a problem; 2 a user error
+(bad flag, file, config key or data row, or a journal refused: one line on stderr, no
+traceback); 3 the engine stopped itself because a supervisor gave up;
 70 an internal error (a bug: the traceback is in the log file).
 """
 
@@ -19,10 +20,13 @@ from typing import Any, Final, NoReturn
 import msgspec
 
 from adapters.alpaca_sim.cli import default_key_id, default_secret_key, serve
+from engine import crashpoints
 from engine.config import Config, check_live_confirmation, load_config, load_credentials, render_config
 from engine.errors import SupervisorGaveUp, UserError
+from engine.journal import JournalError
 from engine.logs import configure_logging, console_for_stderr, get_logger, shutdown_logging
 from engine.secrets import scrub
+from kestrel import journal_cli
 from kestrel.node import SessionOptions, SessionSummary, run_live_session, run_replay_session
 
 EXIT_USER_ERROR: Final = 2
@@ -64,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--speed", type=_speed, default=None, metavar="max|FACTOR", help="replay speed (default: max)")
         sub.add_argument("--json", action="store_true", help="print the summary as one JSON object")
         sub.add_argument("--confirm-live", action="store_true", help='required with mode = "live"')
+        sub.add_argument(
+            "--journal", type=Path, metavar="PATH",
+            help="write-ahead order journal (overrides [journal] path); an existing one is recovered from",
+        )
     run.add_argument("--venue-url", help="trade against a running simulator (kestrel venue) at this http://HOST:PORT")
 
     venue = commands.add_parser("venue", help="run the Alpaca venue simulator")
@@ -76,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     venue.add_argument("--seed", type=int, default=0)
     venue.add_argument("--exit-when-done", action="store_true", help="stop once the recording has been played")
     venue.add_argument("--log", type=Path, help="JSON log file (default: none)")
+
+    journal_cli.add_parser(commands)
 
     check = commands.add_parser("check-config", help="validate a config file and print the effective config")
     check.add_argument("file", type=Path)
@@ -131,6 +141,8 @@ def _print_summary(summary: SessionSummary) -> None:
         f"  cash           {summary.cash}\n"
         f"  realized P&L   {summary.realized_pnl} (fees {summary.fees})\n"
         f"  filtered       {summary.quotes_suspicious} suspicious, {summary.quotes_crossed} crossed quotes\n"
+        f"  trading        {summary.trading_state} ({summary.trading_reason})\n"
+        f"  journal        {summary.journal or 'none (in memory only)'}\n"
     )
 
 
@@ -184,9 +196,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     if credentials is not None:
         log = get_logger(actor="cli")
         log.info("credentials_loaded", source=credentials.source, key_id=credentials.key_id)
+    # Crash tests only: KESTREL_CRASH_AT=<point>[:n] kills this process at that point (engine/crashpoints.py).
+    if crashpoints.arm_from_env(os.environ) is not None:
+        get_logger(actor="cli").warning("crash_point_armed", point=os.environ[crashpoints.ENV_VAR])
     progress = _Progress() if sys.stderr.isatty() and not args.json and args.command == "replay" else None
     options = SessionOptions(
-        strategy=args.strategy, speed=args.speed, progress=progress, venue_url=getattr(args, "venue_url", None)
+        strategy=args.strategy,
+        speed=args.speed,
+        progress=progress,
+        venue_url=getattr(args, "venue_url", None),
+        journal=args.journal,
     )
     with asyncio.Runner(loop_factory=_new_loop) as runner:
         if args.command == "replay":
@@ -202,18 +221,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_journal(args: argparse.Namespace) -> int:
+    configure_logging(None, "warning", console_for_stderr())
+    return journal_cli.cmd_journal(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USER_ERROR
-    handlers: dict[str, Any] = {"run": cmd_run, "replay": cmd_run, "venue": cmd_venue, "check-config": cmd_check_config}
+    handlers: dict[str, Any] = {
+        "run": cmd_run,
+        "replay": cmd_run,
+        "venue": cmd_venue,
+        "check-config": cmd_check_config,
+        "journal": _cmd_journal,
+    }
     log = get_logger(actor="cli")
     try:
         code: int = handlers[args.command](args)
         return code
-    except UserError as exc:
+    except (UserError, JournalError) as exc:
+        # A journal that is corrupt, locked by a live engine or too new: refused, said why.
         log.error("user_error", error=str(exc))
         return _fail(str(exc), EXIT_USER_ERROR)
     except SupervisorGaveUp as exc:

@@ -6,9 +6,15 @@ supervision tree of actors and adapters, and the feed, then runs it.
 The paper session (``kestrel run``) supervises, in start order (downstream first, so
 every subscriber exists before anything upstream publishes)::
 
-    settlement ← order-manager ← venue ← risk ← strategy ← pricing ← (replayed feed)
+    order-manager ← settlement ← venue ← risk ← strategy ← pricing ← (feed)
 
-under one ``one_for_one`` root supervisor.
+under one ``one_for_one`` root supervisor. The order manager starts first: it rebuilds
+its book from the journal, and the ledger and the strategy start from that book.
+
+Start-up with a journal: open it (refusing one that is corrupt, locked by another live
+engine or from a newer version), start the tree with risk ``RECOVERING``, then ask the
+order manager to ``Recover`` — reconcile the journal with the venue — before a single
+intent can pass risk. Only then does the feed (replay) start.
 """
 
 from __future__ import annotations
@@ -41,9 +47,19 @@ from engine.bus import Bus
 from engine.clock import NS_PER_S, LiveClock, SimClock, perf_ns
 from engine.config import Config, Credentials
 from engine.errors import ConfigError
+from engine.journal import Durability, Journal
 from engine.logs import get_logger, set_log_clock
 from engine.mailbox import Policy, conflate_by
-from engine.messages import ActorStats, BestBidOffer, PortfolioQuery, PortfolioSnapshot, StatsQuery
+from engine.messages import (
+    ActorStats,
+    BestBidOffer,
+    PortfolioQuery,
+    PortfolioSnapshot,
+    Recover,
+    RecoveryReport,
+    StatsQuery,
+    TradingState,
+)
 from engine.replay import Pacer, ReplayResult, replay
 from engine.secrets import Secret
 from engine.supervisor import ActorSpec, Supervisor, SupervisorSpec
@@ -86,6 +102,11 @@ class SessionSummary(msgspec.Struct, kw_only=True):
     quotes_suspicious: int
     quotes_crossed: int
     actor_crashes: int
+    journal: str | None = None
+    trading_state: str = "active"
+    """Where risk left trading: ``active``, or ``halted`` with ``trading_reason``."""
+    trading_reason: str = ""
+    recovery: RecoveryReport | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +121,9 @@ class SessionOptions:
     """Overrides ``[venue] url``: trade against an already running simulator."""
     drain_timeout_s: float = 5.0
     """After the recording ends: how long to wait for working orders to finish."""
+    journal: Path | None = None
+    """Overrides ``[journal] path``."""
+    recovery_timeout_s: float = 60.0
 
 
 def strategy_factory(config: Config, name: str) -> Callable[[], Strategy]:
@@ -113,16 +137,39 @@ def strategy_factory(config: Config, name: str) -> Callable[[], Strategy]:
     return lambda: make(name, params)
 
 
-def session_tree(config: Config, build_strategy: Callable[[], Strategy]) -> SupervisorSpec:
+def order_manager(config: Config, journal: Journal | None) -> ActorSpec:
+    j = config.journal
+    return ActorSpec(
+        ORDER_MANAGER,
+        lambda: OrderManagerActor(
+            config.engine.run_id,
+            journal,
+            venue_address=VENUE,
+            starting_cash=config.venue.starting_cash,
+            cash_tolerance=j.cash_tolerance,
+            snapshot_every=j.snapshot_every,
+            ack_sla_s=j.ack_sla_s,
+        ),
+    )
+
+
+def risk(config: Config, market_data: dict[type, Policy]) -> ActorSpec:
+    # Nothing trades until recovery has reconciled the journal with the venue.
+    return ActorSpec(RISK, lambda: RiskActor(config.risk, TradingState.RECOVERING), policies=market_data)
+
+
+def session_tree(
+    config: Config, build_strategy: Callable[[], Strategy], journal: Journal | None = None
+) -> SupervisorSpec:
     by_symbol = conflate_by(lambda m: m.symbol)
     market_data: dict[type, Policy] = {BestBidOffer: by_symbol}
     return SupervisorSpec(
         "root",
         [
+            order_manager(config, journal),
             ActorSpec(SETTLEMENT, lambda: SettlementActor(config.venue.starting_cash, ORDER_MANAGER)),
-            ActorSpec(ORDER_MANAGER, lambda: OrderManagerActor(config.engine.run_id)),
             ActorSpec(VENUE, lambda: SimulatedVenue(config.venue.fee_per_share)),
-            ActorSpec(RISK, lambda: RiskActor(config.risk), policies=market_data),
+            risk(config, market_data),
             ActorSpec(STRATEGY, lambda: StrategyActor(build_strategy, SETTLEMENT)),
             ActorSpec(PRICING, PricingActor),
         ],
@@ -130,6 +177,26 @@ def session_tree(config: Config, build_strategy: Callable[[], Strategy]) -> Supe
         max_restarts=5,
         period_s=10.0,
     )
+
+
+async def open_journal(config: Config, options: SessionOptions, clock: LiveClock | SimClock) -> Journal | None:
+    path = options.journal or (Path(config.journal.path) if config.journal.path else None)
+    if path is None:
+        return None
+    return await Journal.open(path, clock, Durability(config.journal.durability))
+
+
+async def recover(bus: Bus, root_task: asyncio.Task[None], timeout_s: float) -> RecoveryReport:
+    """Reconcile the journal with the venue; risk lets intents through only after this."""
+    waiter = asyncio.ensure_future(bus.request(ORDER_MANAGER, Recover(), timeout_s))
+    await asyncio.wait([waiter, root_task], return_when=asyncio.FIRST_COMPLETED)
+    if not waiter.done():
+        waiter.cancel()
+        await asyncio.gather(waiter, return_exceptions=True)
+        await root_task  # the supervisor gave up during recovery: raise why
+        raise RuntimeError("the engine stopped during recovery")
+    report: RecoveryReport = waiter.result()
+    return report
 
 
 def data_files(config: Config) -> list[Path]:
@@ -145,7 +212,8 @@ async def run_replay_session(config: Config, options: SessionOptions) -> Session
     clock = SimClock()
     set_log_clock(clock)
     bus = Bus()
-    root = Supervisor(session_tree(config, build_strategy), bus, clock, random.Random(config.engine.seed))
+    journal = await open_journal(config, options, clock)
+    root = Supervisor(session_tree(config, build_strategy, journal), bus, clock, random.Random(config.engine.seed))
     pacer = Pacer(options.speed, LiveClock()) if options.speed is not None else None
     log.info("session_starting", strategy=strategy_name, seed=config.engine.seed, files=[str(f) for f in files])
 
@@ -155,6 +223,7 @@ async def run_replay_session(config: Config, options: SessionOptions) -> Session
         await asyncio.wait([asyncio.ensure_future(root.started()), root_task], return_when=asyncio.FIRST_COMPLETED)
         if root_task.done():
             await root_task  # raises why it could not start
+        report = await recover(bus, root_task, options.recovery_timeout_s)
         feed_task = asyncio.create_task(
             replay(read_batches(files, config.data.symbol), clock, bus, topics.MD_RAW, pacer, options.progress)
         )
@@ -166,10 +235,14 @@ async def run_replay_session(config: Config, options: SessionOptions) -> Session
         result = await feed_task
         await bus.idle()
         wall_s = (perf_ns() - started) / NS_PER_S
-        summary = await _summarise(bus, root, config, strategy_name, files, result, wall_s)
+        summary = await _summarise(
+            bus, root, config, strategy_name, files, result, wall_s, report=report, journal=journal
+        )
     finally:
         root_task.cancel()
         await asyncio.gather(root_task, return_exceptions=True)
+        if journal is not None:
+            await journal.close()
         set_log_clock(None)
     log.info("session_finished", **{k: v for k, v in msgspec.to_builtins(summary).items() if k != "data_files"})
     return summary
@@ -184,6 +257,9 @@ async def _summarise(
     result: ReplayResult,
     wall_s: float,
     mode: str = "replay",
+    *,
+    report: RecoveryReport,
+    journal: Journal | None = None,
 ) -> SessionSummary:
     portfolio: PortfolioSnapshot = await bus.request(SETTLEMENT, PortfolioQuery())
     orders: ActorStats = await bus.request(ORDER_MANAGER, StatsQuery())
@@ -211,6 +287,10 @@ async def _summarise(
         quotes_suspicious=pricing_stats.counters.get("suspicious", 0),
         quotes_crossed=pricing_stats.counters.get("crossed", 0),
         actor_crashes=crashes,
+        journal=str(journal.path) if journal is not None else None,
+        trading_state=next(iter(risk.breakdown.get("trading_state", {})), report.state.value),
+        trading_reason=report.reason,
+        recovery=report,
     )
 
 
@@ -224,6 +304,7 @@ def live_tree(
     data_url: str,
     credentials: Credentials,
     symbols: list[str],
+    journal: Journal | None = None,
 ) -> SupervisorSpec:
     """The same actors as the replay tree, with Alpaca adapters at the venue boundary."""
     by_symbol = conflate_by(lambda m: m.symbol)
@@ -232,10 +313,10 @@ def live_tree(
     return SupervisorSpec(
         "root",
         [
+            order_manager(config, journal),
             ActorSpec(SETTLEMENT, lambda: SettlementActor(config.venue.starting_cash, ORDER_MANAGER)),
-            ActorSpec(ORDER_MANAGER, lambda: OrderManagerActor(config.engine.run_id)),
             ActorSpec(VENUE, lambda: AlpacaVenueActor(venue_url, credentials.key_id, credentials.secret_key, rest)),
-            ActorSpec(RISK, lambda: RiskActor(config.risk), policies=market_data),
+            risk(config, market_data),
             ActorSpec(STRATEGY, lambda: StrategyActor(build_strategy, SETTLEMENT)),
             ActorSpec(PRICING, PricingActor),
             ActorSpec(FEED, lambda: AlpacaFeedActor(data_url, credentials.key_id, credentials.secret_key, symbols)),
@@ -300,7 +381,12 @@ async def run_live_session(config: Config, options: SessionOptions, credentials:
         else:
             venue_url = ALPACA_LIVE_URL if kind == "alpaca-live" else ALPACA_PAPER_URL
             data_url = ALPACA_DATA_URL.format(feed=config.venue.data_feed)
-    root = Supervisor(live_tree(config, build_strategy, venue_url, data_url, keys, symbols), bus, clock, rng)
+    journal = await open_journal(config, options, clock)
+    root = Supervisor(
+        live_tree(config, build_strategy, venue_url, data_url, keys, symbols, journal), bus, clock, rng
+    )
+    # A session that runs until signalled listens from before anything starts (see _StopSignals).
+    stop = _StopSignals() if simulator is None or simulator.player is None else None
     log.info(
         "live_session_starting",
         venue=venue_url,
@@ -312,21 +398,31 @@ async def run_live_session(config: Config, options: SessionOptions, credentials:
     root_task = asyncio.create_task(root.run(), name="root-supervisor")
     try:
         await _first_of(asyncio.ensure_future(root.started()), root_task)
-        if simulator is not None and simulator.player is not None:
+        if root_task.done():
+            await root_task  # raises why it could not start
+        report = await recover(bus, root_task, options.recovery_timeout_s)
+        if stop is None:
+            assert simulator is not None and simulator.player is not None
             await _first_of(asyncio.ensure_future(simulator.player.done.wait()), root_task)
             await _drain(bus, options.drain_timeout_s, root_task)
         else:
-            await _first_of(asyncio.ensure_future(_until_signalled()), root_task)
+            await _first_of(asyncio.ensure_future(stop.requested.wait()), root_task)
         if root_task.done():
             await root_task  # raises why the engine stopped
         wall_s = (perf_ns() - started) / NS_PER_S
         pricing: ActorStats = await bus.request(PRICING, StatsQuery())
         ticks = pricing.counters.get("quotes", 0) + pricing.counters.get("trades", 0)
         result = ReplayResult(ticks, None, clock.time_ns())
-        summary = await _summarise(bus, root, config, strategy_name, files, result, wall_s, config.engine.mode)
+        summary = await _summarise(
+            bus, root, config, strategy_name, files, result, wall_s, config.engine.mode, report=report, journal=journal
+        )
     finally:
+        if stop is not None:
+            stop.remove()
         root_task.cancel()
         await asyncio.gather(root_task, return_exceptions=True)
+        if journal is not None:
+            await journal.close()
         if simulator is not None:
             await simulator.stop()
     log.info("live_session_finished", ticks=summary.ticks, orders=summary.orders, fills=summary.fills)
@@ -350,14 +446,34 @@ async def _drain(bus: Bus, timeout_s: float, root_task: asyncio.Task[None]) -> N
         await asyncio.wait([root_task], timeout=0.05)
 
 
-async def _until_signalled() -> None:
-    """Run until SIGINT or SIGTERM."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
+class _StopSignals:
+    """SIGINT / SIGTERM as a request to stop, heard from before the session starts.
+
+    Fix (found by tests/test_crash_recovery.py): the handlers used to be installed only
+    once recovery had returned, so a SIGTERM during start-up or recovery — or in the few
+    loop turns between the order manager finishing recovery and the node starting to
+    wait — took the default action: the process died by the signal (exit -15), with no
+    summary and no orderly journal close. Now the request is remembered: recovery
+    (bounded by its timeout) completes, and the session stops right after it. After the
+    first signal the default actions are back, so a second one still stops a start-up
+    that hangs, the hard way.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.requested = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._installed = True
+        for signum in self.SIGNALS:
+            self._loop.add_signal_handler(signum, self._on_signal)
+
+    def _on_signal(self) -> None:
+        self.requested.set()
+        self.remove()
+
+    def remove(self) -> None:
+        if self._installed:
+            self._installed = False
+            for signum in self.SIGNALS:
+                self._loop.remove_signal_handler(signum)

@@ -29,6 +29,7 @@ from engine.messages import (
     OrderIntent,
     PortfolioQuery,
     PortfolioSnapshot,
+    Recover,
 )
 from engine.replay import replay
 from engine.supervisor import ActorSpec, Supervisor, SupervisorSpec
@@ -68,6 +69,7 @@ async def run_session(
 
     task = asyncio.create_task(root.run())
     await root.started()
+    await bus.request(ORDER_MANAGER, Recover())  # risk starts RECOVERING: nothing trades before this
     await replay(read_batches(files), clock, bus, topics.MD_RAW)
     await bus.idle()
     bus.root_task = task  # type: ignore[attr-defined]

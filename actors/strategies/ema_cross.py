@@ -101,9 +101,12 @@ class EmaCross(Strategy):
             self._states.setdefault(symbol, _SymbolState()).position = qty
 
     def on_fill(self, fill: Fill, now_ns: int) -> list[OrderIntent]:
-        state = self._states.get(fill.symbol)
-        if state is not None:
-            state.position += fill.qty * fill.side.sign
+        # A fill can come before the first quote of its symbol: recovery books the fills
+        # the venue made while the engine was down before the feed has said anything.
+        # Dropping it left the position at zero, so the strategy bought again and again
+        # what it already held (each refused for buying power). Count it either way.
+        state = self._states.setdefault(fill.symbol, _SymbolState())
+        state.position += fill.qty * fill.side.sign
         return []
 
     def on_order_update(self, update: OrderUpdate, now_ns: int) -> list[OrderIntent]:

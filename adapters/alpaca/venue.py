@@ -35,18 +35,24 @@ from adapters.alpaca import wire
 from adapters.alpaca.errors import AlpacaError, AmbiguousOutcome, AuthenticationFailed, PermanentError
 from adapters.alpaca.rest import AlpacaRest, RestSettings
 from adapters.alpaca.trade_stream import TradeUpdatesStream
-from engine import topics
+from engine import crashpoints, topics
 from engine.actor import Actor
 from engine.breaker import BreakerOpen, BreakerState
 from engine.messages import (
     ActorStats,
     CancelOrder,
     OrderStatus,
+    OrderType,
     OrderUpdate,
+    ReconcileOrders,
     Side,
     StatsQuery,
     SubmitOrder,
+    TimeInForce,
     VenueExecution,
+    VenueOrder,
+    VenueSnapshot,
+    VenueSnapshotQuery,
     VenueStatus,
 )
 from engine.ratelimit import RateLimited
@@ -203,6 +209,10 @@ class AlpacaVenueActor(Actor):
             await self._submit(message)
         elif kind is CancelOrder:
             await self._cancel(message)
+        elif kind is ReconcileOrders:
+            await self._reconcile(message)
+        elif kind is VenueSnapshotQuery:
+            return await self._snapshot(message)
         elif kind is StatsQuery:
             return ActorStats(counters={**self.counters, **self.rest.counters, **self.stream.counters})
         elif kind is _StreamFailed:
@@ -264,6 +274,7 @@ class AlpacaVenueActor(Actor):
             # A transient refusal before acceptance (429): nothing reached the venue.
             await self._refuse(order, f"not sent: {exc}")
             return
+        crashpoints.hit("venue.after_send_before_ack")
         tracked.venue_order_id = placed.id
         await self._apply_order(placed)
 
@@ -306,7 +317,7 @@ class AlpacaVenueActor(Actor):
             )
         await self._publish_status(order)
 
-    async def _apply_order(self, order: wire.Order) -> None:
+    async def _apply_order(self, order: wire.Order, *, authoritative: bool = False) -> None:
         """Bring one order up to the venue's view: missed fills first, then its status."""
         tracked = self.orders.setdefault(order.client_order_id, _Tracked())
         tracked.venue_order_id = order.id
@@ -333,9 +344,9 @@ class AlpacaVenueActor(Actor):
                     cum_qty=order.filled_qty,
                 ),
             )
-        await self._publish_status(order)
+        await self._publish_status(order, authoritative=authoritative)
 
-    async def _publish_status(self, order: wire.Order) -> None:
+    async def _publish_status(self, order: wire.Order, *, authoritative: bool = False) -> None:
         tracked = self.orders[order.client_order_id]
         try:
             status = OrderStatus(order.status)
@@ -343,7 +354,7 @@ class AlpacaVenueActor(Actor):
             self.ctx.log.error("unknown_order_status", status=order.status)
             return
         updated_ns = wire.parse_timestamp(order.updated_at)
-        if updated_ns < tracked.updated_ns:
+        if updated_ns < tracked.updated_ns and not authoritative:
             # An older snapshot than one already applied: the stream and a REST answer
             # (submit response, catch-up) race, so e.g. "new" can arrive after "filled".
             self.counters["stale_snapshots"] += 1
@@ -358,6 +369,7 @@ class AlpacaVenueActor(Actor):
                 venue_order_id=order.id,
                 status=status,
                 filled_qty=order.filled_qty,
+                authoritative=authoritative,
                 ts_event=updated_ns,
                 ts_recv=now,
             ),
@@ -375,6 +387,96 @@ class AlpacaVenueActor(Actor):
             if order is not None:
                 await self._apply_order(order)
         self.ctx.log.info("trade_updates_caught_up", orders=len(working))
+
+
+    # ------------------------------------------------------------ reconciliation
+
+    async def _find_after_visibility(self, client_order_id: str) -> wire.Order | None:
+        """Look an order up; if absent, once more after the venue's visibility delay."""
+        order = await self.rest.find_order(client_order_id)
+        if order is None:
+            await self.ctx.clock.sleep(self.rest.settings.visibility_delay_s)
+            order = await self.rest.find_order(client_order_id)
+        return order
+
+    async def _reconcile(self, command: ReconcileOrders) -> None:
+        """The venue's truth about each order, through the normal report path, marked authoritative."""
+        now = self.ctx.clock.time_ns()
+        for client_order_id in command.client_order_ids:
+            try:
+                order = await self._find_after_visibility(client_order_id)
+            except (AlpacaError, BreakerOpen, RateLimited) as exc:
+                # Nothing is decided: the order manager's watchdog asks again.
+                self.ctx.log.error("reconcile_lookup_failed", client_order_id=client_order_id, error=str(exc))
+                continue
+            if order is not None:
+                await self._apply_order(order, authoritative=True)
+                continue
+            self.ctx.log.warning("reconciled_order_not_at_venue", client_order_id=client_order_id)
+            await self.ctx.publish(
+                topics.VENUE_REPORT,
+                OrderUpdate(
+                    client_order_id=client_order_id,
+                    venue_order_id="",
+                    status=OrderStatus.REJECTED,
+                    reason=f"not at the venue ({command.reason})",
+                    authoritative=True,
+                    ts_event=now,
+                    ts_recv=now,
+                ),
+            )
+
+    async def _snapshot(self, query: VenueSnapshotQuery) -> VenueSnapshot:
+        """Recovery's view of the venue: the orders asked for, our open orders, positions and cash.
+
+        Errors propagate to the requester: recovery must not proceed on a partial view.
+        Each order reported also seeds this adapter's tracking, so later catch-ups count
+        from the venue's quantities.
+        """
+        found: list[wire.Order] = []
+        missing: list[str] = []
+        for client_order_id in query.client_order_ids:
+            order = await self._find_after_visibility(client_order_id)
+            if order is None:
+                missing.append(client_order_id)
+            else:
+                found.append(order)
+        asked = set(query.client_order_ids)
+        for order in await self.rest.list_orders(status="open"):
+            if order.client_order_id.startswith(query.prefix) and order.client_order_id not in asked:
+                found.append(order)
+        positions = {p.symbol: p.qty for p in await self.rest.list_positions()}
+        account = await self.rest.get_account()
+        orders = [self._seed(order) for order in found]
+        return VenueSnapshot(
+            orders=orders,
+            missing=missing,
+            positions=positions,
+            cash=account.cash,
+            ts_init=self.ctx.clock.time_ns(),
+        )
+
+    def _seed(self, order: wire.Order) -> VenueOrder:
+        tracked = self.orders.setdefault(order.client_order_id, _Tracked())
+        tracked.venue_order_id = order.id
+        tracked.filled = order.filled_qty
+        tracked.notional = (order.filled_avg_price or ZERO) * order.filled_qty
+        tracked.status = OrderStatus(order.status)
+        tracked.updated_ns = max(tracked.updated_ns, wire.parse_timestamp(order.updated_at))
+        return VenueOrder(
+            client_order_id=order.client_order_id,
+            venue_order_id=order.id,
+            symbol=order.symbol,
+            side=Side(order.side),
+            qty=order.qty if order.qty is not None else ZERO,
+            order_type=OrderType(order.type),
+            limit_price=order.limit_price,
+            time_in_force=TimeInForce(order.time_in_force),
+            status=OrderStatus(order.status),
+            filled_qty=order.filled_qty,
+            filled_avg_price=order.filled_avg_price,
+            updated_ns=wire.parse_timestamp(order.updated_at),
+        )
 
 
 __all__ = ["AlpacaVenueActor", "AuthenticationFailed"]

@@ -1,0 +1,213 @@
+"""The order book as the journal derives it: orders, fills, positions, cash, trading state.
+
+:class:`Book` is a pure function of the journal's records, applied in sequence order
+(:meth:`Book.apply`). The order manager keeps one live, ``kestrel journal`` derives one
+from a file, recovery rebuilds one from the newest snapshot plus the events after it, and
+``kestrel journal verify`` checks that replaying every event from the start reproduces
+each snapshot. The journal only ever holds facts the order manager accepted, so ``apply``
+never second-guesses a record: validation (the transition table, de-duplication) happens
+*before* a record is written.
+
+The book is also the snapshot payload (:meth:`Book.encode` / :meth:`Book.decode`).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Final
+
+import msgspec
+
+from engine.messages import (
+    AccountBaseline,
+    Fill,
+    Message,
+    OrderAdopted,
+    OrderReconciled,
+    OrderStatus,
+    OrderSubmitting,
+    OrderType,
+    OrderUpdate,
+    RiskRejected,
+    Side,
+    SubmitOrder,
+    TimeInForce,
+    TradingState,
+    TradingStateChanged,
+)
+
+ZERO: Final = Decimal(0)
+SNAPSHOT_KIND: Final = "order-book"
+ADOPTED: Final = "adopted"
+"""The strategy name of a venue order with our prefix that the journal did not know."""
+
+
+class BookOrder(msgspec.Struct, kw_only=True):
+    client_order_id: str
+    intent_id: str
+    strategy: str
+    sequence: int
+    symbol: str
+    side: Side
+    qty: Decimal
+    order_type: OrderType
+    limit_price: Decimal | None
+    time_in_force: TimeInForce
+    submitted_ns: int
+    status: OrderStatus = OrderStatus.PENDING_NEW
+    venue_order_id: str = ""
+    filled_qty: Decimal = ZERO
+    notional: Decimal = ZERO
+    """Σ qty × price of the fills booked: with the venue's average price it prices a missed fill."""
+    execution_ids: list[str] = []
+    acknowledged: bool = False
+    """The venue has said something about this order (any update or fill)."""
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status.is_terminal
+
+    def submit_order(self) -> SubmitOrder:
+        return SubmitOrder(
+            client_order_id=self.client_order_id,
+            intent_id=self.intent_id,
+            symbol=self.symbol,
+            side=self.side,
+            qty=self.qty,
+            order_type=self.order_type,
+            limit_price=self.limit_price,
+            time_in_force=self.time_in_force,
+            ts_init=self.submitted_ns,
+        )
+
+
+class Book(msgspec.Struct, kw_only=True):
+    last_seq: int = 0
+    """The journal sequence number of the last record applied."""
+    sequence: int = 0
+    """The highest client-order-id sequence number ever used."""
+    orders: dict[str, BookOrder] = {}
+    fills: list[Fill] = []
+    baseline: AccountBaseline | None = None
+    cash: Decimal = ZERO
+    positions: dict[str, Decimal] = {}
+    fees: Decimal = ZERO
+    trading_state: TradingState = TradingState.ACTIVE
+    trading_reason: str = ""
+    risk_rejections: int = 0
+
+    # ------------------------------------------------------------ derivation
+
+    def apply(self, seq: int, record: Message) -> None:
+        """Apply one journal record (sequence number ``seq``)."""
+        if isinstance(record, Fill):
+            self._fill(record)
+        elif isinstance(record, OrderUpdate):
+            self._update(record)
+        elif isinstance(record, OrderSubmitting):
+            self._submitting(record)
+        elif isinstance(record, OrderAdopted):
+            self._adopted(record)
+        elif isinstance(record, OrderReconciled):
+            self._reconciled(record)
+        elif isinstance(record, AccountBaseline):
+            self._baseline(record)
+        elif isinstance(record, TradingStateChanged):
+            self.trading_state = record.state
+            self.trading_reason = record.reason
+        elif isinstance(record, RiskRejected):
+            self.risk_rejections += 1
+        # Anything else the journal may hold is not part of the book.
+        self.last_seq = seq
+
+    def _submitting(self, record: OrderSubmitting) -> None:
+        self._add(record.order, record.strategy, record.sequence, record.ts_init)
+
+    def _adopted(self, record: OrderAdopted) -> None:
+        self._add(record.order, ADOPTED, record.sequence, record.ts_init)
+
+    def _add(self, order: SubmitOrder, strategy: str, sequence: int, ts_init: int) -> None:
+        self.sequence = max(self.sequence, sequence)
+        self.orders[order.client_order_id] = BookOrder(
+            client_order_id=order.client_order_id,
+            intent_id=order.intent_id,
+            strategy=strategy,
+            sequence=sequence,
+            symbol=order.symbol,
+            side=order.side,
+            qty=order.qty,
+            order_type=order.order_type,
+            limit_price=order.limit_price,
+            time_in_force=order.time_in_force,
+            submitted_ns=ts_init,
+        )
+
+    def _update(self, update: OrderUpdate) -> None:
+        order = self.orders.get(update.client_order_id)
+        if order is None:
+            return
+        order.status = update.status
+        order.acknowledged = True
+        if update.venue_order_id:
+            order.venue_order_id = update.venue_order_id
+
+    def _reconciled(self, record: OrderReconciled) -> None:
+        order = self.orders.get(record.client_order_id)
+        if order is None:
+            return
+        order.status = record.status
+        order.acknowledged = True
+        if record.venue_order_id:
+            order.venue_order_id = record.venue_order_id
+        # Only when fills were counted elsewhere (an account baseline taken at the same
+        # recovery): otherwise each fill was journaled before this record.
+        order.filled_qty = max(order.filled_qty, record.filled_qty)
+
+    def _fill(self, fill: Fill) -> None:
+        order = self.orders.get(fill.client_order_id)
+        if order is not None:
+            order.filled_qty += fill.qty
+            order.notional += fill.qty * fill.price
+            order.execution_ids.append(fill.execution_id)
+            order.acknowledged = True
+            if fill.venue_order_id:
+                order.venue_order_id = fill.venue_order_id
+        self.fills.append(fill)
+        signed = fill.qty * fill.side.sign
+        position = self.positions.get(fill.symbol, ZERO) + signed
+        if position:
+            self.positions[fill.symbol] = position
+        else:
+            self.positions.pop(fill.symbol, None)
+        self.cash -= signed * fill.price + fill.fee
+        self.fees += fill.fee
+
+    def _baseline(self, baseline: AccountBaseline) -> None:
+        self.baseline = baseline
+        self.cash = baseline.cash
+        self.positions = {symbol: qty for symbol, qty in baseline.positions.items() if qty}
+
+    # ------------------------------------------------------------ queries
+
+    def working(self) -> list[BookOrder]:
+        return [o for o in self.orders.values() if not o.is_terminal]
+
+    def owns(self, client_order_id: str) -> bool:
+        return client_order_id in self.orders
+
+    def has_execution(self, client_order_id: str, execution_id: str) -> bool:
+        order = self.orders.get(client_order_id)
+        return order is not None and execution_id in order.execution_ids
+
+    # ------------------------------------------------------------ snapshots
+
+    def encode(self) -> bytes:
+        return _ENCODER.encode(self)
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Book:
+        return _DECODER.decode(payload)
+
+
+_ENCODER: Final = msgspec.msgpack.Encoder()
+_DECODER: Final = msgspec.msgpack.Decoder(Book)
