@@ -29,15 +29,18 @@ from engine.messages import (
 
 
 class StrategyActor(Actor):
-    def __init__(self, build: Callable[[], Strategy], portfolio_address: str) -> None:
+    def __init__(self, build: Callable[[], Strategy], portfolio_address: str, boot: int = 0) -> None:
         self.strategy = build()
         self.portfolio_address = portfolio_address
+        self.boot = boot
+        """How many times this engine has started on its journal (0: no journal)."""
         self.intents = 0
 
     async def on_start(self) -> None:
-        # Intent ids: <strategy>.<incarnation>-<n>, unique even though a restarted
-        # strategy counts from 1 again.
-        self.strategy.intent_prefix = f"{self.strategy.name}.{self.ctx.restarts}"
+        # Intent ids: <strategy>[.b<boot>].<incarnation>-<n>, unique even though a
+        # restarted strategy (or a restarted process) counts from 1 again.
+        boot = f".b{self.boot}" if self.boot else ""
+        self.strategy.intent_prefix = f"{self.strategy.name}{boot}.{self.ctx.restarts}"
         for topic in (topics.MD_BBO, topics.MD_TRADE, topics.ORDER_FILL, topics.ORDER_EVENT):
             self.ctx.subscribe(topic)
         # A fresh instance (a restarted actor, or a restarted process whose ledger the

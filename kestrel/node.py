@@ -159,7 +159,7 @@ def risk(config: Config, market_data: dict[type, Policy]) -> ActorSpec:
 
 
 def session_tree(
-    config: Config, build_strategy: Callable[[], Strategy], journal: Journal | None = None
+    config: Config, build_strategy: Callable[[], Strategy], journal: Journal | None = None, boot: int = 0
 ) -> SupervisorSpec:
     by_symbol = conflate_by(lambda m: m.symbol)
     market_data: dict[type, Policy] = {BestBidOffer: by_symbol}
@@ -170,7 +170,7 @@ def session_tree(
             ActorSpec(SETTLEMENT, lambda: SettlementActor(config.venue.starting_cash, ORDER_MANAGER)),
             ActorSpec(VENUE, lambda: SimulatedVenue(config.venue.fee_per_share)),
             risk(config, market_data),
-            ActorSpec(STRATEGY, lambda: StrategyActor(build_strategy, SETTLEMENT)),
+            ActorSpec(STRATEGY, lambda: StrategyActor(build_strategy, SETTLEMENT, boot)),
             ActorSpec(PRICING, PricingActor),
         ],
         strategy=SupervisionStrategy.ONE_FOR_ONE,
@@ -184,6 +184,15 @@ async def open_journal(config: Config, options: SessionOptions, clock: LiveClock
     if path is None:
         return None
     return await Journal.open(path, clock, Durability(config.journal.durability))
+
+
+async def count_boot(journal: Journal | None) -> int:
+    """This start's number on the journal (1, 2, ...; 0 without one): it keeps intent ids unique."""
+    if journal is None:
+        return 0
+    boot = int(await journal.read_meta("boots") or 0) + 1
+    await journal.write_meta("boots", str(boot))
+    return boot
 
 
 async def recover(bus: Bus, root_task: asyncio.Task[None], timeout_s: float) -> RecoveryReport:
@@ -213,7 +222,10 @@ async def run_replay_session(config: Config, options: SessionOptions) -> Session
     set_log_clock(clock)
     bus = Bus()
     journal = await open_journal(config, options, clock)
-    root = Supervisor(session_tree(config, build_strategy, journal), bus, clock, random.Random(config.engine.seed))
+    boot = await count_boot(journal)
+    root = Supervisor(
+        session_tree(config, build_strategy, journal, boot), bus, clock, random.Random(config.engine.seed)
+    )
     pacer = Pacer(options.speed, LiveClock()) if options.speed is not None else None
     log.info("session_starting", strategy=strategy_name, seed=config.engine.seed, files=[str(f) for f in files])
 
@@ -305,6 +317,7 @@ def live_tree(
     credentials: Credentials,
     symbols: list[str],
     journal: Journal | None = None,
+    boot: int = 0,
 ) -> SupervisorSpec:
     """The same actors as the replay tree, with Alpaca adapters at the venue boundary."""
     by_symbol = conflate_by(lambda m: m.symbol)
@@ -317,7 +330,7 @@ def live_tree(
             ActorSpec(SETTLEMENT, lambda: SettlementActor(config.venue.starting_cash, ORDER_MANAGER)),
             ActorSpec(VENUE, lambda: AlpacaVenueActor(venue_url, credentials.key_id, credentials.secret_key, rest)),
             risk(config, market_data),
-            ActorSpec(STRATEGY, lambda: StrategyActor(build_strategy, SETTLEMENT)),
+            ActorSpec(STRATEGY, lambda: StrategyActor(build_strategy, SETTLEMENT, boot)),
             ActorSpec(PRICING, PricingActor),
             ActorSpec(FEED, lambda: AlpacaFeedActor(data_url, credentials.key_id, credentials.secret_key, symbols)),
         ],
@@ -383,7 +396,10 @@ async def run_live_session(config: Config, options: SessionOptions, credentials:
             data_url = ALPACA_DATA_URL.format(feed=config.venue.data_feed)
     journal = await open_journal(config, options, clock)
     root = Supervisor(
-        live_tree(config, build_strategy, venue_url, data_url, keys, symbols, journal), bus, clock, rng
+        live_tree(config, build_strategy, venue_url, data_url, keys, symbols, journal, await count_boot(journal)),
+        bus,
+        clock,
+        rng,
     )
     # A session that runs until signalled listens from before anything starts (see _StopSignals).
     stop = _StopSignals() if simulator is None or simulator.player is None else None

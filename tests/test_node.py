@@ -15,9 +15,11 @@ import pytest
 
 from actors.strategies import STRATEGIES
 from actors.strategies.base import Strategy
+from engine.clock import LiveClock
 from engine.config import parse_config
 from engine.errors import SupervisorGaveUp
-from engine.messages import BestBidOffer, OrderIntent
+from engine.journal import Journal
+from engine.messages import BestBidOffer, OrderIntent, OrderSubmitting
 from kestrel import cli
 from kestrel.node import SessionOptions, run_replay_session
 from tests.helpers import random_walk_day
@@ -102,3 +104,24 @@ def test_a_progress_line_is_drawn_on_a_terminal(tmp_path: Path) -> None:
     shown = b"".join(chunks).decode(errors="replace")
     assert "\r[kestrel]" in shown and "ticks" in shown and "sim time 2024-01-02" in shown
     assert b"Kestrel replay session" in done.stdout
+
+
+async def test_a_replay_on_a_journal_recovers_from_it_and_never_reuses_an_id(tmp_path: Path) -> None:
+    files = random_walk_day(tmp_path, quotes=1500, seed=4)
+    config = parse_config(
+        {"data": {"files": [str(f) for f in files]}, "strategy": {"params": {"fast": 3, "slow": 7}}}, "test"
+    )
+    journal = tmp_path / "replay.db"
+    first = await run_replay_session(config, SessionOptions(journal=journal))
+    second = await run_replay_session(config, SessionOptions(journal=journal))
+    assert first.orders > 5 and second.orders > 5
+    assert first.recovery is not None and second.recovery is not None
+    assert second.recovery.journal_seq > first.recovery.journal_seq  # the second run started from the first's book
+    assert second.journal == str(journal)
+    async with await Journal.open_readonly(journal, LiveClock()) as reader:
+        submitted = [e.record async for e in reader.read() if isinstance(e.record, OrderSubmitting)]
+    client_ids = [r.order.client_order_id for r in submitted]
+    intent_ids = [r.order.intent_id for r in submitted]
+    assert len(client_ids) == first.orders + second.orders
+    assert len(set(client_ids)) == len(client_ids)
+    assert len(set(intent_ids)) == len(intent_ids)  # intent ids carry the boot number
