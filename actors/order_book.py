@@ -18,6 +18,7 @@ from typing import Final
 
 import msgspec
 
+from engine.journal import Journal
 from engine.messages import (
     AccountBaseline,
     Fill,
@@ -42,7 +43,7 @@ ADOPTED: Final = "adopted"
 """The strategy name of a venue order with our prefix that the journal did not know."""
 
 
-class BookOrder(msgspec.Struct, kw_only=True):
+class BookOrder(msgspec.Struct, kw_only=True, array_like=True, gc=False):
     client_order_id: str
     intent_id: str
     strategy: str
@@ -81,7 +82,7 @@ class BookOrder(msgspec.Struct, kw_only=True):
         )
 
 
-class Book(msgspec.Struct, kw_only=True):
+class Book(msgspec.Struct, kw_only=True, array_like=True):
     last_seq: int = 0
     """The journal sequence number of the last record applied."""
     sequence: int = 0
@@ -211,3 +212,17 @@ class Book(msgspec.Struct, kw_only=True):
 
 _ENCODER: Final = msgspec.msgpack.Encoder()
 _DECODER: Final = msgspec.msgpack.Decoder(Book)
+
+
+async def rebuild(journal: Journal, starting_cash: Decimal = ZERO) -> tuple[Book, int, int]:
+    """The book as of the journal's last committed event: newest snapshot + the events after it.
+
+    Returns ``(book, snapshot_seq, events_replayed)``; ``snapshot_seq`` is 0 without a snapshot.
+    """
+    snapshot = await journal.latest_snapshot(SNAPSHOT_KIND)
+    book = Book.decode(snapshot.payload) if snapshot is not None else Book(cash=starting_cash)
+    replayed = 0
+    async for entry in journal.read(after_seq=book.last_seq):
+        book.apply(entry.seq, entry.record)
+        replayed += 1
+    return book, snapshot.seq if snapshot is not None else 0, replayed

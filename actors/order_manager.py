@@ -42,7 +42,7 @@ from typing import Any, Final
 
 import msgspec
 
-from actors.order_book import SNAPSHOT_KIND, Book, BookOrder
+from actors.order_book import SNAPSHOT_KIND, Book, BookOrder, rebuild
 from engine import crashpoints, topics
 from engine.actor import Actor
 from engine.journal import Journal, JournalError
@@ -166,16 +166,11 @@ class OrderManagerActor(Actor):
         self._arm_watchdog()
 
     async def _rebuild(self, journal: Journal) -> None:
-        snapshot = await journal.latest_snapshot(SNAPSHOT_KIND)
-        book = Book.decode(snapshot.payload) if snapshot is not None else Book(cash=self.starting_cash)
-        replayed = 0
-        async for entry in journal.read(after_seq=book.last_seq):
-            book.apply(entry.seq, entry.record)
-            replayed += 1
+        book, snapshot_seq, replayed = await rebuild(journal, self.starting_cash)
         self.book = book
         self.ctx.log.info(
             "order_book_rebuilt",
-            snapshot_seq=snapshot.seq if snapshot is not None else 0,
+            snapshot_seq=snapshot_seq,
             events_replayed=replayed,
             journal_seq=book.last_seq,
             orders=len(book.orders),

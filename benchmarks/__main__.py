@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import bench_bus, bench_journal, bench_reconnect, bench_tick_to_order
+from benchmarks import bench_bus, bench_journal, bench_reconnect, bench_restart, bench_tick_to_order
 
 
 def main() -> int:
     status = 0
-    for bench in (bench_bus, bench_tick_to_order, bench_reconnect, bench_journal):
+    for bench in (bench_bus, bench_tick_to_order, bench_reconnect, bench_journal, bench_restart):
         status = bench.main(sys.argv[1:]) or status
     return status
 

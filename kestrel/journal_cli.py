@@ -23,7 +23,7 @@ from typing import Any, Final
 
 import msgspec
 
-from actors.order_book import SNAPSHOT_KIND, Book, BookOrder
+from actors.order_book import SNAPSHOT_KIND, Book, BookOrder, rebuild
 from engine.clock import LiveClock
 from engine.journal import Journal
 from engine.messages import Fill, OrderAdopted, OrderSubmitting
@@ -65,10 +65,7 @@ def _write_json(value: Any) -> None:
 
 async def _derive(journal: Journal) -> Book:
     """The book as of the last committed event: the newest snapshot plus what follows it."""
-    snapshot = await journal.latest_snapshot(SNAPSHOT_KIND)
-    book = Book.decode(snapshot.payload) if snapshot is not None else Book()
-    async for entry in journal.read(after_seq=book.last_seq):
-        book.apply(entry.seq, entry.record)
+    book, _, _ = await rebuild(journal)
     return book
 
 
