@@ -1,33 +1,39 @@
 """Tick-to-order benchmark: a quote on the simulator's data websocket → an order POSTed back to it.
 
-Everything runs in one process on uvloop, over real loopback sockets:
+Two processes, each on uvloop, over real loopback sockets:
 
-- the Alpaca simulator (:func:`adapters.alpaca_sim.cli.start_simulator`, no feed files);
-  the benchmark publishes quotes itself with ``sim.hub.publish_quote`` at a steady rate
-  (default 1,000 quotes/s), one symbol;
-- the live actor tree (:func:`kestrel.node.live_tree`: feed → pricing → strategy → risk →
-  order manager → venue, with the Alpaca feed and venue adapters), running a tiny
-  benchmark strategy that sends a 1-share market order on every k-th quote (default 10th),
-  alternating buy and sell.
+- the venue: the Alpaca simulator in its own process (:mod:`benchmarks.tick_to_order_venue`,
+  :func:`adapters.alpaca_sim.cli.start_simulator`, no feed files). On command it publishes
+  quotes itself with ``hub.publish_quote`` at a steady rate (default 1,000 quotes/s), one
+  symbol, and afterwards hands back its timestamps as one JSON line;
+- this process: the live actor tree (:func:`kestrel.node.live_tree`: feed → pricing →
+  strategy → risk → order manager → venue, with the Alpaca feed and venue adapters),
+  running a tiny benchmark strategy that sends a 1-share market order on every k-th quote
+  (default 10th), alternating buy and sell. After the tree starts, the live session's
+  recovery step (:func:`kestrel.node.recover`) lets risk pass intents. No order journal by
+  default; ``--journal`` gives each repeat a fresh write-ahead journal.
 
 Correlation: quote number ``seq`` travels in the quote's bid size; the strategy puts it in
-the intent id; the venue actor maps the intent id to the client order id.
+the intent id; the venue actor maps the intent id to the client order id, which is how the
+venue process's stamps (keyed by client order id) are matched to quotes.
 
-Two latencies per order (``time.perf_counter_ns``, one process, one clock):
+Two latencies per order (``time.perf_counter_ns``: ``CLOCK_MONOTONIC`` on Linux, one clock
+for both processes on this machine):
 
-- **internal**: from the moment the engine takes the quote's frame off the data websocket
-  (entry of ``AlpacaDataStream._on_frame``, before decoding) to the moment the REST client
-  has written the POST's body to the socket (aiohttp trace ``on_request_chunk_sent``;
-  ``on_request_headers_sent`` when no chunk event fires);
-- **end to end**: from just before ``sim.hub.publish_quote`` to the simulator's
-  ``VenueState.submit_order`` being called for the order (the POST read and decoded).
+- **internal** (this process only): from the moment the engine takes the quote's frame off
+  the data websocket (entry of ``AlpacaDataStream._on_frame``, before decoding) to the moment
+  the REST client writes the POST to the socket (``AlpacaRest.on_write``, called just before
+  ``transport.write`` of the request's bytes);
+- **end to end** (across the processes): from just before the venue's ``hub.publish_quote``
+  to the venue's ``VenueState.submit_order`` being called for the order (the POST read and
+  decoded).
 
-All hooks are benchmark-side subclasses / wrappers: a data-stream subclass (frame stamp),
-a feed-actor subclass (builds it), a venue-actor subclass (intent → client order id, and
-an aiohttp trace config on its REST session) and a wrapper on the simulator's
-``submit_order``. No engine or adapter code is changed.
+Hooks: a data-stream subclass (frame stamp), a feed-actor subclass (builds it), a
+venue-actor subclass (intent → client order id, and ``AlpacaRest.on_write``) and, in the
+venue process, a wrapper on the simulator's ``submit_order``.
 
-Run: ``.venv/bin/python -m benchmarks.bench_tick_to_order [--seconds S] [--rate R] [--every K] [--repeats N] [--json]``
+Run: ``.venv/bin/python -m benchmarks.bench_tick_to_order [--seconds S] [--rate R] [--every K] [--repeats N]
+[--journal] [--pin] [--json]``
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ import platform
 import random
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from decimal import Decimal
@@ -56,21 +63,28 @@ from adapters.alpaca.data_stream import AlpacaDataStream
 from adapters.alpaca.feed import AlpacaFeedActor
 from adapters.alpaca.rest import RestSettings
 from adapters.alpaca.venue import AlpacaVenueActor
-from adapters.alpaca_sim.cli import RunningSimulator, SimulatorConfig, start_simulator
-from adapters.alpaca_sim.events import SimQuote
+from benchmarks.tick_to_order_venue import KEY_ID, RATE_LIMIT_PER_MINUTE, SECRET_KEY, STARTING_CASH, SYMBOL
 from engine.actor import Actor
 from engine.bus import Bus
 from engine.clock import LiveClock
 from engine.config import Config, Credentials, RiskSection, VenueSection
+from engine.journal import Journal
 from engine.logs import configure_logging
-from engine.messages import BestBidOffer, ExchangeQuote, OrderIntent, OrderType, Side, SubmitOrder, TradeTick
+from engine.messages import (
+    BestBidOffer,
+    ExchangeQuote,
+    OrderIntent,
+    OrderType,
+    Side,
+    SubmitOrder,
+    TradeTick,
+    TradingState,
+)
 from engine.secrets import Secret
 from engine.supervisor import ActorSpec, Supervisor, SupervisorSpec
-from kestrel.node import FEED, VENUE, live_tree
+from kestrel.node import FEED, VENUE, live_tree, recover
 
-SYMBOL: Final = "BENCH"
-KEY_ID: Final = "bench-key"
-SECRET_KEY: Final = "bench-secret"
+REPO_ROOT: Final = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOAL_INTERNAL_P99_US: Final = 300.0
 WARMUP_S: Final = 1.0
 
@@ -83,8 +97,6 @@ class Recorder:
         self.frame: dict[int, int] = {}
         self.strategy: dict[int, int] = {}
         self.venue: dict[int, int] = {}
-        self.request_start: dict[int, int] = {}
-        self.headers: dict[int, int] = {}
         self.written: dict[int, int] = {}
         self.sim: dict[int, int] = {}
         self.seq_by_cid: dict[str, int] = {}
@@ -164,33 +176,10 @@ class TimedVenueActor(AlpacaVenueActor):
 
     async def on_start(self) -> None:
         await super().on_start()
-        # Re-open the REST session exactly as AlpacaRest.open does, plus a trace config.
-        rest = self.rest
-        await rest.close()
-        trace = aiohttp.TraceConfig()
-        trace.on_request_start.append(self._request_start)
-        trace.on_request_headers_sent.append(self._headers_sent)
-        trace.on_request_chunk_sent.append(self._sent)
-        s = rest.settings
-        rest._session = aiohttp.ClientSession(
-            headers=rest._headers,
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=s.connect_timeout_s, sock_read=s.read_timeout_s),
-            connector=aiohttp.TCPConnector(limit=16, keepalive_timeout=30),
-            trace_configs=[trace],
-        )
+        self.rest.on_write = self._written
 
-    async def _request_start(self, _session: aiohttp.ClientSession, _ctx: Any, params: Any) -> None:
-        if params.method == "POST" and REC.current_seq:
-            REC.request_start[REC.current_seq] = time.perf_counter_ns()
-
-    async def _headers_sent(self, _session: aiohttp.ClientSession, _ctx: Any, params: Any) -> None:
-        if params.method == "POST" and REC.current_seq:
-            REC.headers[REC.current_seq] = time.perf_counter_ns()
-            REC.written.setdefault(REC.current_seq, REC.headers[REC.current_seq])
-
-    async def _sent(self, _session: aiohttp.ClientSession, _ctx: Any, params: Any) -> None:
-        if params.method == "POST" and REC.current_seq:
-            # The body chunk is written after the headers: it replaces the headers' stamp.
+    def _written(self, method: str, path: str) -> None:
+        if method == "POST" and REC.current_seq:
             REC.written[REC.current_seq] = time.perf_counter_ns()
 
     async def _submit(self, order: SubmitOrder) -> None:
@@ -204,25 +193,15 @@ class TimedVenueActor(AlpacaVenueActor):
             REC.current_seq = 0
 
 
-def hook_simulator(sim: RunningSimulator) -> None:
-    state = sim.state
-    original = state.submit_order
-
-    def submit_order(request: Any) -> Any:
-        now = time.perf_counter_ns()
-        seq = REC.seq_by_cid.get(request.client_order_id or "")
-        if seq is not None:
-            REC.sim[seq] = now
-        return original(request)
-
-    setattr(state, "submit_order", submit_order)  # noqa: B010 - instance override, benchmark only
-
-
 def bench_tree(
-    config: Config, build: Callable[[], Strategy], sim: RunningSimulator, creds: Credentials
+    config: Config,
+    build: Callable[[], Strategy],
+    url: str,
+    data_url: str,
+    creds: Credentials,
+    journal: Journal | None = None,
 ) -> SupervisorSpec:
-    spec = live_tree(config, build, sim.url, sim.data_url("iex"), creds, [SYMBOL])
-    url, data_url = sim.url, sim.data_url("iex")
+    spec = live_tree(config, build, url, data_url, creds, [SYMBOL], journal)
 
     def venue() -> Actor:
         return TimedVenueActor(url, creds.key_id, creds.secret_key, _rest_settings(config))
@@ -271,72 +250,121 @@ SEGMENTS: Final = (
     ("publish_to_frame", "published", "frame"),
     ("frame_to_strategy", "frame", "strategy"),
     ("strategy_to_venue", "strategy", "venue"),
-    ("venue_to_request", "venue", "request_start"),
-    ("request_to_headers", "request_start", "headers"),
-    ("headers_to_written", "headers", "written"),
+    ("venue_to_written", "venue", "written"),
     ("written_to_sim", "written", "sim"),
 )
 
 
-async def run_once(seconds: float, rate: int, every: int) -> dict[str, Any]:
+class VenueProcess:
+    """The simulator in its own process (:mod:`benchmarks.tick_to_order_venue`), driven over its stdin/stdout."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, url: str) -> None:
+        self.proc = proc
+        self.url = url
+        self.data_url = url.replace("http://", "ws://", 1) + "/v2/iex"
+
+    @classmethod
+    async def start(cls, cpu: int | None) -> VenueProcess:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "benchmarks.tick_to_order_venue",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            cwd=REPO_ROOT,
+            limit=64 * 1024 * 1024,
+        )
+        try:
+            if cpu is not None:
+                os.sched_setaffinity(proc.pid, {cpu})
+            line = await cls._read(proc, 30.0)
+            if not line.startswith("listening on "):
+                raise RuntimeError(f"venue process said {line!r}")
+        except BaseException:
+            await cls._end(proc)
+            raise
+        return cls(proc, line.removeprefix("listening on "))
+
+    @staticmethod
+    async def _read(proc: asyncio.subprocess.Process, timeout_s: float) -> str:
+        assert proc.stdout is not None
+        async with asyncio.timeout(timeout_s):
+            raw = await proc.stdout.readline()
+        if not raw:
+            raise RuntimeError(f"venue process ended (exit code {await proc.wait()})")
+        return raw.decode().strip()
+
+    async def command(self, line: str, timeout_s: float) -> str:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line.encode() + b"\n")
+        await self.proc.stdin.drain()
+        return await self._read(self.proc, timeout_s)
+
+    async def publish(self, total: int, rate: int) -> float:
+        """Has the venue publish quotes 1..total at ``rate``; returns the seconds it took."""
+        answer = await self.command(f"run {total} {rate}", total / rate + 30.0)
+        return float(answer.removeprefix("done "))
+
+    async def dump(self) -> dict[str, Any]:
+        result: dict[str, Any] = json.loads(await self.command("dump", 30.0))
+        return result
+
+    async def stop(self) -> None:
+        await self._end(self.proc)
+
+    @staticmethod
+    async def _end(proc: asyncio.subprocess.Process) -> None:
+        if proc.stdin is not None and not proc.stdin.is_closing():
+            proc.stdin.close()
+        try:
+            async with asyncio.timeout(10.0):
+                await proc.wait()
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+async def run_once(seconds: float, rate: int, every: int, pin: bool, journal_dir: str | None) -> dict[str, Any]:
     global REC
     REC = Recorder()
     clock = LiveClock()
-    cash = Decimal(1_000_000_000)
-    sim = await start_simulator(
-        SimulatorConfig(
-            key_id=KEY_ID,
-            secret_key=SECRET_KEY,
-            starting_cash=cash,
-            rate_limit_per_minute=10_000_000,
-            ack_latency_s=(0.001, 0.005),
-            fill_latency_s=(0.001, 0.005),
-        ),
-        clock,
-    )
-    assert sim.hub is not None
-    sim.state.add_symbol(SYMBOL)
-    hook_simulator(sim)
+    venue = await VenueProcess.start(1 if pin else None)
     config = Config(
         risk=RiskSection(max_order_qty=Decimal(1_000), max_order_notional=Decimal(1_000_000_000)),
-        venue=VenueSection(rate_limit_per_minute=10_000_000, starting_cash=cash),
+        venue=VenueSection(rate_limit_per_minute=RATE_LIMIT_PER_MINUTE, starting_cash=STARTING_CASH),
     )
     creds = Credentials(Secret(KEY_ID), Secret(SECRET_KEY), source="benchmark")
+    journal = None
+    if journal_dir is not None:  # a fresh write-ahead journal for each run, with the default durability
+        journal = await Journal.open(os.path.join(journal_dir, f"journal-{time.monotonic_ns()}.db"), clock)
     bus = Bus()
-    root = Supervisor(bench_tree(config, lambda: EveryKth(every), sim, creds), bus, clock, random.Random(7))
+    tree = bench_tree(config, lambda: EveryKth(every), venue.url, venue.data_url, creds, journal)
+    root = Supervisor(tree, bus, clock, random.Random(7))
     root_task = asyncio.create_task(root.run(), name="root-supervisor")
-    hub, state = sim.hub, sim.state
+    total = int((WARMUP_S + seconds) * rate)
+    warmup = int(WARMUP_S * rate)
     try:
         await asyncio.wait([asyncio.ensure_future(root.started()), root_task], return_when=asyncio.FIRST_COMPLETED)
         if root_task.done():
             await root_task
-        loop = asyncio.get_running_loop()
-        total = int((WARMUP_S + seconds) * rate)
-        warmup = int(WARMUP_S * rate)
-        period = 1.0 / rate
-        bid, ask = Decimal("100.00"), Decimal("100.02")
+        # As the live session does: reconcile with the venue; risk lets intents through only after this.
+        report = await recover(bus, root_task, 10.0)
+        if report.state is not TradingState.ACTIVE:
+            raise RuntimeError(f"recovery left trading {report.state}: {report.reason}")
         gc.collect()
-        start = loop.time()
-        for seq in range(1, total + 1):
-            target = start + seq * period
-            delay = target - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            quote = SimQuote(
-                symbol=SYMBOL, bid_exchange="V", bid_price=bid, bid_size=seq,
-                ask_exchange="V", ask_price=ask, ask_size=100, ts_ns=clock.time_ns(),
-            )
-            state.on_quote(quote)
-            REC.published[seq] = time.perf_counter_ns()
-            hub.publish_quote(quote)
-        sent_s = loop.time() - start
+        sent_s = await venue.publish(total, rate)
         await asyncio.sleep(0.5)  # let the last orders arrive
         if root_task.done():
             await root_task
+        stamps = await venue.dump()
     finally:
         root_task.cancel()
         await asyncio.gather(root_task, return_exceptions=True)
-        await sim.stop()
+        await venue.stop()
+        if journal is not None:
+            await journal.close()
+    REC.published = {int(seq): ns for seq, ns in stamps["published"].items()}
+    for cid, ns in stamps["submitted"].items():
+        seq = REC.seq_by_cid.get(cid)
+        if seq is not None:
+            REC.sim[seq] = ns
     orders = [s for s in REC.strategy if s > warmup]
     result: dict[str, Any] = {
         "quotes": total - warmup,
@@ -350,8 +378,6 @@ async def run_once(seconds: float, rate: int, every: int) -> dict[str, Any]:
         "frame": REC.frame,
         "strategy": REC.strategy,
         "venue": REC.venue,
-        "request_start": REC.request_start,
-        "headers": REC.headers,
         "written": REC.written,
         "sim": REC.sim,
     }
@@ -365,10 +391,12 @@ def _cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0
 
 
-async def run(seconds: float, rate: int, every: int, repeats: int, progress: bool) -> dict[str, Any]:
+async def run(
+    seconds: float, rate: int, every: int, repeats: int, pin: bool, journal_dir: str | None, progress: bool
+) -> dict[str, Any]:
     runs = []
     for r in range(repeats):
-        one = await run_once(seconds, rate, every)
+        one = await run_once(seconds, rate, every, pin, journal_dir)
         runs.append(one)
         if progress:
             print(
@@ -390,10 +418,14 @@ async def run(seconds: float, rate: int, every: int, repeats: int, progress: boo
             "rate": rate,
             "every": every,
             "repeats": repeats,
+            "venue": "separate process",
+            "pinned": "engine on CPU 0, venue on CPU 1" if pin else None,
+            "journal": "write-ahead journal, durability process" if journal_dir is not None else None,
             "loop": f"uvloop {importlib.metadata.version('uvloop')}",
             "aiohttp": importlib.metadata.version("aiohttp"),
             "python": f"{platform.python_implementation()} {platform.python_version()}",
             "machine": f"{platform.machine()}, {_cpus()} CPUs",
+            "clock": time.get_clock_info("perf_counter").implementation,
         },
         "runs": runs,
         "median": median,
@@ -406,7 +438,9 @@ def render(result: dict[str, Any]) -> str:
     lines = [
         f"{cfg['python']}, {cfg['loop']}, aiohttp {cfg['aiohttp']}, {cfg['machine']}; {cfg['rate']:,} quotes/s "
         f"for {cfg['seconds']:g} s (+{cfg['warmup_s']:g} s warm-up), an order every {cfg['every']} quotes; "
-        f"medians of {cfg['repeats']} runs",
+        f"medians of {cfg['repeats']} runs; venue in a separate process"
+        + (f" ({cfg['pinned']})" if cfg["pinned"] else "")
+        + (f"; {cfg['journal']}" if cfg["journal"] else "; no journal"),
         f"{'segment':<22}{'orders':>8}{'p50 µs':>10}{'p99 µs':>10}{'max µs':>10}",
     ]
     for label, _, _ in SEGMENTS:
@@ -429,13 +463,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=int, default=1000, help="quotes per second")
     parser.add_argument("--every", type=int, default=10, help="an order on every k-th quote")
     parser.add_argument("--repeats", type=int, default=3, help="runs (fresh simulator and tree); figures are medians")
+    parser.add_argument("--pin", action="store_true", help="pin the engine to CPU 0 and the venue process to CPU 1")
+    parser.add_argument(
+        "--journal", action="store_true", help="with the write-ahead order journal (a fresh one per run, in a temp dir)"
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.rate < 1 or args.every < 1 or args.repeats < 1:
         parser.error("--seconds, --rate, --every and --repeats must be positive")
+    if args.pin and (not hasattr(os, "sched_setaffinity") or not {0, 1} <= os.sched_getaffinity(0)):
+        parser.error("--pin needs CPUs 0 and 1 (Linux)")
     configure_logging(None, "warning")
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        result = runner.run(run(args.seconds, args.rate, args.every, args.repeats, progress=not args.json))
+    if args.pin:
+        os.sched_setaffinity(0, {0})
+    with (
+        tempfile.TemporaryDirectory(prefix="kestrel-bench-t2o-") as tmp,
+        asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner,
+    ):
+        journal_dir = tmp if args.journal else None
+        result = runner.run(
+            run(args.seconds, args.rate, args.every, args.repeats, args.pin, journal_dir, progress=not args.json)
+        )
     print(json.dumps(result, indent=2) if args.json else render(result))
     return 0
 

@@ -1,20 +1,29 @@
 """Our Alpaca client side (REST, trade_updates stream, venue actor) against the in-process simulator.
 
 Real sockets on 127.0.0.1; the simulator runs on a LiveClock with no recording, and the
-tests give it an NBBO directly (``VenueState.on_quote``) so orders can fill.
+tests give it an NBBO directly (``VenueState.on_quote``) so orders can fill. The REST
+client's HTTP/1.1 transport is also tested against a scripted server (framing, timeouts,
+stale connections, TLS), on both asyncio and uvloop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gzip
 import random
+import shutil
+import socket
+import ssl
+import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
+import uvloop
 from aiohttp import WSMsgType, web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -22,7 +31,7 @@ from hypothesis import strategies as st
 from actors.order_manager import OrderManagerActor
 from adapters.alpaca import wire
 from adapters.alpaca.errors import TransientError
-from adapters.alpaca.rest import AlpacaRest, RestSettings
+from adapters.alpaca.rest import MAX_HEAD_BYTES, AlpacaRest, HttpClient, HttpProtocolError, RestSettings
 from adapters.alpaca.trade_stream import TradeUpdatesStream
 from adapters.alpaca.venue import AlpacaVenueActor
 from adapters.alpaca_sim.cli import RunningSimulator, SimulatorConfig, start_simulator
@@ -303,6 +312,400 @@ async def test_duplicate_client_order_id_returns_the_original(sim: RunningSimula
         assert rest.counters["resolved_by_lookup"] == 1
         assert len(venue_orders(sim, "dup-1")) == 1
         assert len(sim.state.orders) == 1
+
+
+# ---------------------------------------------------------------- 4b. the HTTP/1.1 transport under AlpacaRest
+
+LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "asyncio": asyncio.new_event_loop,
+    "uvloop": uvloop.new_event_loop,
+}
+OK_JSON = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{"ok":true}'
+CLOSE = "close"
+"""Scripted action: close the connection without answering."""
+
+
+@pytest.fixture(params=sorted(LOOPS))
+def run_on(request: pytest.FixtureRequest) -> Callable[[Any], Any]:
+    """Runs a coroutine on a fresh loop of each kind (the live engine runs on uvloop)."""
+
+    def run(coro: Any) -> Any:
+        with asyncio.Runner(loop_factory=LOOPS[request.param]) as runner:
+            return runner.run(coro)
+
+    return run
+
+
+class ScriptedServer:
+    """HTTP/1.1 on 127.0.0.1 that answers each request with the next scripted action.
+
+    An action is raw bytes to write, :data:`CLOSE`, or an async function of the stream
+    writer (it returns False to close the connection afterwards).
+    """
+
+    def __init__(self, *actions: Any) -> None:
+        self.actions = list(actions)
+        self.requests: list[tuple[int, bytes, bytes]] = []
+        """(connection number, head, body) of every request read."""
+        self.connections = 0
+        self.url = ""
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> ScriptedServer:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        number = self.connections
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                body = await reader.readexactly(length) if length else b""
+                self.requests.append((number, head, body))
+                action = self.actions.pop(0)
+                if action == CLOSE:
+                    return
+                if isinstance(action, bytes):
+                    writer.write(action)
+                    await writer.drain()
+                elif await action(writer) is False:
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+        finally:
+            writer.close()
+
+
+def client(url: str, read_timeout_s: float = 2.0, **kw: Any) -> HttpClient:
+    return HttpClient(url, {"APCA-API-KEY-ID": "k"}, connect_timeout_s=1.0, read_timeout_s=read_timeout_s, **kw)
+
+
+async def get(http: HttpClient, path: str = "/v2/account") -> tuple[int, bytes]:
+    return await http.request("GET", http.encode("GET", http.target(path)))
+
+
+def test_http_reuses_one_connection_and_sends_what_alpaca_expects(run_on: Callable[[Any], Any]) -> None:
+    async def scenario() -> None:
+        async with ScriptedServer(OK_JSON, OK_JSON, OK_JSON) as server:
+            http = client(server.url + "/base/")
+            await http.warm()
+            assert await get(http) == (200, b'{"ok":true}')
+            target = http.target("/v2/orders:by_client_order_id", {"client_order_id": "a b&c"})
+            assert await http.request("GET", http.encode("GET", target)) == (200, b'{"ok":true}')
+            body = b'{"symbol":"X"}'
+            assert (await http.request("POST", http.encode("POST", http.target("/v2/orders"), body)))[0] == 200
+            await http.close()
+        assert server.connections == 1 and http.counters["connections"] == 1
+        heads = [head for _, head, _ in server.requests]
+        assert heads[0].startswith(b"GET /base/v2/account HTTP/1.1\r\n")
+        assert heads[1].startswith(b"GET /base/v2/orders:by_client_order_id?client_order_id=a+b%26c HTTP/1.1\r\n")
+        assert heads[2].startswith(b"POST /base/v2/orders HTTP/1.1\r\n")
+        host = server.url.removeprefix("http://").encode()
+        for head in heads:
+            assert b"\r\nHost: " + host + b"\r\n" in head and b"\r\nAPCA-API-KEY-ID: k\r\n" in head
+        assert b"\r\nContent-Type: application/json\r\nContent-Length: 14\r\n" in heads[2]
+        assert server.requests[2][2] == body
+
+    run_on(scenario())
+
+
+def test_http_reads_chunked_gzip_interim_and_bodiless_answers(run_on: Callable[[Any], Any]) -> None:
+    payload = b'{"id":"' + b"x" * 5000 + b'"}'
+    gz = gzip.compress(payload)
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\n"
+    )
+
+    async def dribble(writer: asyncio.StreamWriter) -> None:
+        for i in range(len(chunked)):  # one byte per TCP segment, as badly as a peer can split it
+            writer.write(chunked[i : i + 1])
+            await writer.drain()
+            if i % 16 == 0:
+                await asyncio.sleep(0.001)
+
+    async def scenario() -> None:
+        async with ScriptedServer(
+            dribble,
+            b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(gz) + gz,
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\n{}",
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+            OK_JSON,
+        ) as server:
+            http = client(server.url)
+            assert await get(http) == (200, b"hello world")
+            assert await get(http) == (200, payload)
+            assert await get(http) == (201, b"{}")
+            assert await get(http) == (204, b"")
+            assert await get(http) == (200, b'{"ok":true}')
+            await http.close()
+        assert server.connections == 1
+
+    run_on(scenario())
+
+
+def test_http_body_until_close_and_connection_close_are_not_reused(run_on: Callable[[Any], Any]) -> None:
+    async def until_close(writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\n\r\n{\"a\":")
+        await writer.drain()
+        await asyncio.sleep(0.01)
+        writer.write(b"1}")
+        return False
+
+    async def scenario() -> None:
+        async with ScriptedServer(
+            until_close,
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}",
+            b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n[]",
+            OK_JSON,
+        ) as server:
+            http = client(server.url)
+            assert await get(http) == (200, b'{"a":1}')
+            assert await get(http) == (200, b"{}")
+            assert await get(http) == (200, b"[]")
+            assert await get(http) == (200, b'{"ok":true}')
+            await http.close()
+        assert [number for number, _, _ in server.requests] == [1, 2, 3, 4]
+
+    run_on(scenario())
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 OK\r\n\r\n",
+        b"SPDY/3 200 OK\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+        b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0x2\r\n{}\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabc\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Encoding: br\r\nContent-Length: 2\r\n\r\n{}",
+        b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 2\r\n\r\n{}",
+        b"HTTP/1.1 200 OK\r\nBad Header\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * (MAX_HEAD_BYTES + 10),
+    ],
+)
+def test_http_broken_answers_raise_and_drop_the_connection(answer: bytes) -> None:
+    async def scenario() -> None:
+        async with ScriptedServer(answer, OK_JSON) as server:
+            http = client(server.url)
+            with pytest.raises(HttpProtocolError):
+                await get(http)
+            assert await get(http) == (200, b'{"ok":true}')  # on a new connection
+            await http.close()
+        assert [number for number, _, _ in server.requests] == [1, 2]
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(scenario())
+
+
+def test_http_bytes_nobody_asked_for_retire_the_connection(run_on: Callable[[Any], Any]) -> None:
+    async def scenario() -> None:
+        async with ScriptedServer(OK_JSON + b"HTTP/1.1 200 OK\r\n", OK_JSON) as server:
+            http = client(server.url)
+            assert await get(http) == (200, b'{"ok":true}')
+            assert await get(http) == (200, b'{"ok":true}')
+            await http.close()
+        assert [number for number, _, _ in server.requests] == [1, 2]
+
+    run_on(scenario())
+
+
+def test_http_read_timeout_counts_silence_not_the_whole_answer(run_on: Callable[[Any], Any]) -> None:
+    async def trickle(writer: asyncio.StreamWriter) -> None:
+        for part in (b"HTTP/1.1 200 OK\r\n", b"Content-Length: 2\r\n", b"\r\n", b"{", b"}"):
+            writer.write(part)
+            await asyncio.sleep(0.1)
+
+    async def silent(writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(5)
+
+    async def scenario() -> None:
+        async with ScriptedServer(trickle, silent, OK_JSON) as server:
+            http = client(server.url, read_timeout_s=0.3)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            assert await get(http) == (200, b"{}")  # 0.5 s in all, never 0.3 s of silence
+            assert loop.time() - started >= 0.4
+            started = loop.time()
+            with pytest.raises(TimeoutError):
+                await get(http)
+            assert 0.25 <= loop.time() - started < 2.0
+            assert await get(http) == (200, b'{"ok":true}')
+            await http.close()
+        assert [number for number, _, _ in server.requests] == [1, 1, 2]
+
+    run_on(scenario())
+
+
+def test_http_stale_idle_connection_retries_a_get_once_but_never_a_post(run_on: Callable[[Any], Any]) -> None:
+    async def scenario() -> None:
+        async with ScriptedServer(OK_JSON, CLOSE, OK_JSON, OK_JSON, CLOSE) as server:
+            http = client(server.url)
+            assert await get(http) == (200, b'{"ok":true}')
+            # The server drops the kept-alive connection as the GET arrives: sent again on a new one.
+            assert await get(http) == (200, b'{"ok":true}')
+            assert http.counters["stale_retries"] == 1
+            assert await get(http) == (200, b'{"ok":true}')
+            # A POST is never resent here: its outcome is the caller's to settle.
+            with pytest.raises(ConnectionResetError):
+                await http.request("POST", http.encode("POST", "/v2/orders", b"{}"))
+            assert http.counters["stale_retries"] == 1
+            await http.close()
+        assert [number for number, _, _ in server.requests] == [1, 1, 2, 2, 2]
+
+    run_on(scenario())
+
+
+def test_http_refused_connect_timeout_cancel_and_close(run_on: Callable[[Any], Any]) -> None:
+    async def scenario() -> None:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+        listener.close()
+        with pytest.raises(ConnectionRefusedError):
+            await get(client(f"http://127.0.0.1:{port}"))
+
+        async def hang(writer: asyncio.StreamWriter) -> None:
+            await asyncio.sleep(5)
+
+        async with ScriptedServer(hang, OK_JSON, hang) as server:
+            http = client(server.url)
+            task = asyncio.create_task(get(http))
+            await eventually(lambda: len(server.requests) == 1, what="request")
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert await get(http) == (200, b'{"ok":true}')  # a cancelled exchange never shares its connection
+            task = asyncio.create_task(get(http))
+            await eventually(lambda: len(server.requests) == 3, what="request")
+            await http.close()
+            with pytest.raises(ConnectionError):
+                await task
+            with pytest.raises(ConnectionError):
+                await get(http)
+        assert [number for number, _, _ in server.requests] == [1, 2, 2]
+
+    run_on(scenario())
+
+
+def test_http_connect_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+
+        async def never(*args: Any, **kwargs: Any) -> Any:
+            await asyncio.Event().wait()
+
+        monkeypatch.setattr(loop, "create_connection", never)
+        http = HttpClient("http://127.0.0.1:9", {}, connect_timeout_s=0.05, read_timeout_s=1.0)
+        with pytest.raises(TimeoutError):
+            await get(http)
+
+    asyncio.run(scenario())
+
+
+def test_http_refuses_header_and_request_line_injection() -> None:
+    with pytest.raises(ValueError):
+        HttpClient("http://127.0.0.1:1", {"APCA-API-KEY-ID": "k\r\nX-Evil: 1"}, connect_timeout_s=1, read_timeout_s=1)
+    with pytest.raises(ValueError):
+        HttpClient("ftp://127.0.0.1:1", {}, connect_timeout_s=1, read_timeout_s=1)
+    http = HttpClient("http://127.0.0.1:1", {}, connect_timeout_s=1, read_timeout_s=1)
+    assert http.target("/v2/orders/a b\r\nX: 1") == "/v2/orders/a%20b%0D%0AX:%201"
+    with pytest.raises(ValueError):
+        http.encode("GET", "/v2/x y")
+    assert http.encode("DELETE", "/v2/orders/1").endswith(b"\r\nAccept: application/json\r\n\r\n")
+    assert http.encode("POST", "/v2/orders").endswith(b"\r\nContent-Length: 0\r\n\r\n")
+
+
+def test_https_with_a_self_signed_certificate(tmp_path: Path, run_on: Callable[[Any], Any]) -> None:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("no openssl to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+
+    async def scenario() -> None:
+        server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server_ctx.load_cert_chain(cert, key)
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while await reader.readuntil(b"\r\n\r\n"):
+                    writer.write(OK_JSON)
+            except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+                return
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=server_ctx)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            trusting = ssl.create_default_context(cafile=str(cert))
+            http = client(f"https://localhost:{port}", ssl_context=trusting)
+            assert await get(http) == (200, b'{"ok":true}')
+            assert await get(http) == (200, b'{"ok":true}')
+            assert http.counters["connections"] == 1
+            await http.close()
+            with pytest.raises(ssl.SSLCertVerificationError):  # the default context does not trust it
+                await get(client(f"https://localhost:{port}"))
+        finally:
+            server.close()
+
+    run_on(scenario())
+
+
+def test_rest_on_uvloop_with_the_write_hook(run_on: Callable[[Any], Any]) -> None:
+    """The REST client against the simulator on both loops; ``on_write`` fires before the bytes leave."""
+
+    async def scenario() -> None:
+        simulator = await start_simulator(
+            SimulatorConfig(feed_files=[], market_data=False, key_id=KEY, secret_key=SECRET, seed=3), LiveClock()
+        )
+        simulator.state.add_symbol(SYMBOL)
+        seen: list[tuple[str, str, int]] = []
+        try:
+            rest = make_rest(simulator)
+            rest.on_write = lambda method, path: seen.append((method, path, len(simulator.state.orders)))
+            async with rest:
+                await eventually(lambda: rest.http is not None and rest.http.idle_connections == 1, what="warm")
+                placed = await rest.submit_order(request("uv-1", limit="90.00"))
+                assert (await rest.find_order("uv-1")) == placed
+                await rest.cancel_order(placed.id)
+                assert (await rest.get_order(placed.id)).id == placed.id
+                simulator.faults.drop_submit_response_next = 1
+                assert (await rest.submit_order(request("uv-2", limit="90.00"))).client_order_id == "uv-2"
+                assert rest.counters["resolved_by_lookup"] == 1
+                # the warm connection, then a new one after the dropped answer
+                assert rest.http is not None and rest.http.counters["connections"] == 2
+        finally:
+            await simulator.stop()
+        assert seen[:4] == [
+            ("POST", "/orders", 0),  # written while the venue had no order yet
+            ("GET", "/orders:by_client_order_id", 1),
+            ("DELETE", f"/orders/{placed.id}", 1),
+            ("GET", f"/orders/{placed.id}", 1),
+        ]
+
+    run_on(scenario())
 
 
 # ---------------------------------------------------------------- 5-6. venue actor end to end
