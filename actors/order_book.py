@@ -68,19 +68,6 @@ class BookOrder(msgspec.Struct, kw_only=True, array_like=True, gc=False):
     def is_terminal(self) -> bool:
         return self.status.is_terminal
 
-    def submit_order(self) -> SubmitOrder:
-        return SubmitOrder(
-            client_order_id=self.client_order_id,
-            intent_id=self.intent_id,
-            symbol=self.symbol,
-            side=self.side,
-            qty=self.qty,
-            order_type=self.order_type,
-            limit_price=self.limit_price,
-            time_in_force=self.time_in_force,
-            ts_init=self.submitted_ns,
-        )
-
 
 class Book(msgspec.Struct, kw_only=True, array_like=True):
     last_seq: int = 0
@@ -192,13 +179,6 @@ class Book(msgspec.Struct, kw_only=True, array_like=True):
 
     def working(self) -> list[BookOrder]:
         return [o for o in self.orders.values() if not o.is_terminal]
-
-    def owns(self, client_order_id: str) -> bool:
-        return client_order_id in self.orders
-
-    def has_execution(self, client_order_id: str, execution_id: str) -> bool:
-        order = self.orders.get(client_order_id)
-        return order is not None and execution_id in order.execution_ids
 
     # ------------------------------------------------------------ snapshots
 

@@ -177,9 +177,15 @@ class OrderManagerActor(Actor):
             working=len(book.working()),
         )
 
-    def _arm_watchdog(self) -> None:
-        """Tick every half SLA while some order waits for its first venue acknowledgement."""
-        if self._watchdog_armed or all(o.acknowledged for o in self.book.working()):
+    def _arm_watchdog(self, unacknowledged: bool = False) -> None:
+        """Tick every half SLA while some order waits for its first venue acknowledgement.
+
+        ``unacknowledged=True``: the caller knows one does (an order just sent), which
+        spares the order path a scan of the book.
+        """
+        if self._watchdog_armed:
+            return
+        if not unacknowledged and all(o.acknowledged for o in self.book.working()):
             return
         self._watchdog_armed = True
         mailbox = self.ctx.bus.mailbox(self.ctx.address)
@@ -301,7 +307,7 @@ class OrderManagerActor(Actor):
         crashpoints.hit("order.after_commit_before_send")
         self.counters["submitted"] += 1
         await self.ctx.publish(topics.VENUE_COMMAND, order)
-        self._arm_watchdog()
+        self._arm_watchdog(unacknowledged=True)
 
     async def _refuse(self, intent: OrderIntent, reason: str, detail: str) -> None:
         self.ctx.log.error("intent_refused", reason=reason, detail=detail)
