@@ -51,7 +51,7 @@ import msgspec
 import uvloop
 
 from engine.clock import LiveClock
-from engine.journal import Durability, Journal
+from engine.journal import Durability, Journal, JournalBackpressure
 from engine.logs import configure_logging
 from engine.messages import (
     Fill,
@@ -224,10 +224,12 @@ async def throughput_append(folder: Path, durability: Durability, records: list[
     append = journal.append
     gc.collect()
     t0 = time.perf_counter_ns()
-    for i, record in enumerate(records):
-        if i % 1000 == 0:
-            await journal.wait_for_room()  # lets the flusher run; a burst never exceeds max_pending
-        append(record)
+    for record in records:
+        try:
+            append(record)
+        except JournalBackpressure:
+            await journal.wait_for_room()  # max_pending rows queued behind the commit in flight
+            append(record)
     await journal.flush()
     seconds = (time.perf_counter_ns() - t0) / 1e9
     stats = dict(journal.stats)
@@ -275,11 +277,13 @@ async def build(path: Path, events: int, snapshot_at: int, progress: bool) -> di
     journal = await Journal.open(path, LiveClock(), Durability.PROCESS, max_pending=20_000)
     t0 = time.perf_counter_ns()
     for i in range(events):
-        if i % 10_000 == 0:
+        if progress and i % 200_000 == 0 and i:
+            print(f"  building: {i:,} events", file=sys.stderr)
+        try:
+            journal.append(records[i % 10_000])
+        except JournalBackpressure:
             await journal.wait_for_room()
-            if progress and i % 200_000 == 0 and i:
-                print(f"  building: {i:,} events", file=sys.stderr)
-        journal.append(records[i % 10_000])
+            journal.append(records[i % 10_000])
         if i + 1 == snapshot_at:
             await journal.write_snapshot("ledger", b"x" * 4096, upto_seq=snapshot_at)
     await journal.flush()

@@ -13,10 +13,11 @@ The model:
   :meth:`Journal.open_readonly` (the CLI) takes no lock and may read while an engine writes.
 - **Sequence numbers** are assigned by :meth:`Journal.append`, on the loop, in call order:
   1, 2, 3, ... with no gap, ever. A record's ``seq`` is final the moment ``append`` returns.
-- **Group commit.** ``append`` only queues the row and returns a future. A flusher task takes
-  every row queued so far and commits them in *one* transaction, in *one* hop to the
-  connection's thread; rows appended while that commit is in flight wait for the next one. A
-  burst of appends in one loop turn therefore costs one commit, not one per row.
+- **Group commit.** ``append`` queues the row and returns a future. When no commit is in
+  flight it hands the queue to the connection's thread at once, as *one* transaction in *one*
+  hop; rows appended while a commit is in flight wait and go together in the next one. A
+  burst of N appends in one loop turn therefore costs two commits (the first row, then the
+  other N-1), not N, and a lone write-ahead record waits for one hop and one loop wake-up.
 - **Durability** is a config choice (:class:`Durability`): WAL mode with
   ``synchronous=NORMAL`` survives any process crash; ``FULL`` also survives power loss.
 - **History is never rewritten.** Events are inserted, never updated, replaced or deleted;
@@ -52,6 +53,7 @@ import sqlite3
 import typing
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Concatenate, Final, ParamSpec, TypeVar, cast
@@ -544,16 +546,18 @@ class Journal:
         self._waiters: list[asyncio.Future[int]] = []
         self._flush_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._room_waiters: list[asyncio.Future[None]] = []
-        self._wake: asyncio.Future[None] | None = None  # the idle flusher waits on it
+        self._committing = False  # a group is on the connection's thread
         self._failure: JournalWriteFailed | None = None
         self._closing = self.readonly  # a read-only journal refuses writes from the start
         self._closed = False
-        self._abandoned = False  # the flusher was cancelled without close(); the thread is stopped
+        self._abandoned = False  # the guard was cancelled without close(); the thread is stopped
         self._close_task: asyncio.Task[None] | None = None
         self._log = get_logger(component="journal", journal=str(path))
-        # Read-only journals run one too: it never has rows, but it stops the connection's
-        # thread if the loop shuts down without close() (see _flush_loop).
-        self._flusher = self._loop.create_task(self._flush_loop(), name=f"journal-flusher:{path.name}")
+        # Commits do not go through a task (see _start_group). The guard only watches for
+        # the loop shutting down without close(): it then stops the connection's thread,
+        # which is not a daemon thread and would keep the process from exiting.
+        self._released: asyncio.Future[None] = self._loop.create_future()
+        self._guard = self._loop.create_task(self._guard_loop(), name=f"journal-guard:{path.name}")
 
     # ------------------------------------------------------------ opening
 
@@ -702,11 +706,8 @@ class Journal:
         self.last_seq = seq
         future: asyncio.Future[int] = self._loop.create_future()
         self._waiters.append(future)
-        wake = self._wake
-        if wake is not None:
-            self._wake = None
-            if not wake.done():
-                wake.set_result(None)
+        if not self._committing:
+            self._start_group()
         return future
 
     async def write(self, record: Message) -> int:
@@ -815,7 +816,7 @@ class Journal:
     # ------------------------------------------------------------ closing
 
     async def close(self) -> None:
-        """Flush, stop the flusher, close the connection and release the lock. Idempotent.
+        """Flush, stop the guard, close the connection and release the lock. Idempotent.
 
         Raises :class:`JournalWriteFailed` if rows still pending could not be committed (each
         of their futures says so too); a journal that had already failed closes quietly.
@@ -837,10 +838,9 @@ class Journal:
         finally:
             self._closed = True
             self._wake_room()
-            flusher = self._flusher
-            if not flusher.done():
-                self._poke()
-                await flusher
+            if not self._released.done():
+                self._released.set_result(None)
+            await self._guard
             if not self._abandoned:  # else the connection's thread was already told to stop
                 await self._db.close()
             if self._lock_fd is not None:
@@ -891,70 +891,84 @@ class Journal:
                 raise JournalCorrupt(f"{self.path}: the journal is corrupt ({_describe(exc)})") from exc
             raise JournalError(f"{self.path}: reading failed: {_describe(exc)}") from exc
 
-    async def _flush_loop(self) -> None:
-        """The flusher task: commits until closed or failed; cleans up if the loop cancels it."""
+    async def _guard_loop(self) -> None:
+        """Wait for close(); if the loop cancels this instead, stop the connection's thread."""
         try:
-            await self._flush_until_done()
+            await self._released
         except asyncio.CancelledError:
             # Cancelled: the loop is shutting down without close() (asyncio.run cancels every
-            # task it leaves behind). The connection's thread is not a daemon thread: left
-            # running, it would keep the process from ever exiting. Stop it, refuse writes.
+            # task it leaves behind). Left running, the connection's thread would keep the
+            # process from ever exiting. Stop it, refuse writes.
             self._abandoned = True
             self._closing = True
-            if self._failure is None and (self._rows or self._waiters):
-                self._fail(asyncio.CancelledError(), "committing queued events (the flusher was cancelled)", [])
+            if self._failure is None and (self._rows or self._waiters or self._committing):
+                self._fail(asyncio.CancelledError(), "committing queued events (the loop shut down)", [])
             self._log.warning("journal_not_closed", committed_seq=self.committed_seq, last_seq=self.last_seq)
             self._db.stop()
             raise
 
-    async def _flush_until_done(self) -> None:
-        while True:
-            if self._failure is not None:
-                return
-            if not self._rows:
-                if self._closed:
-                    return
-                wake: asyncio.Future[None] = self._loop.create_future()
-                self._wake = wake
-                await wake
-                continue
-            rows, waiters = self._rows, self._waiters
-            self._rows, self._waiters = [], []
-            self._wake_room()
-            started = perf_ns()
-            try:
-                await self._hop(_write_events, rows)
-            except sqlite3.Error as exc:
-                # Disk full, I/O error, ...: every waiter is told, the journal is failed (sticky).
-                self._fail(exc, f"writing events {rows[0][0]}..{rows[-1][0]}", waiters)
-                return
-            except BaseException as exc:
-                # Cancelled mid-commit (the thread may still commit: the outcome is unknown) or
-                # a bug: nobody may act on these rows. Fail them all, then let it propagate.
-                # (When cancelled, the queue behind this group is failed by the same call.)
-                self._fail(exc, f"writing events {rows[0][0]}..{rows[-1][0]}", waiters)
-                raise
-            elapsed = perf_ns() - started
-            stats = self.stats
-            stats["commits"] += 1
-            stats["rows"] += len(rows)
-            stats["max_group"] = max(stats["max_group"], len(rows))
-            stats["commit_ns_last"] = elapsed
-            stats["commit_ns_max"] = max(stats["commit_ns_max"], elapsed)
-            seq = rows[0][0]
-            self.committed_seq = rows[-1][0]
-            for future in waiters:
-                if not future.done():
-                    future.set_result(seq)
-                seq += 1
-            if self._flush_waiters:
-                self._wake_flushers()
+    def _start_group(self) -> None:
+        """Hand every queued row to the connection's thread as one transaction.
 
-    def _poke(self) -> None:
-        """Wake the flusher if it is idle (``append`` inlines the same)."""
-        wake, self._wake = self._wake, None
-        if wake is not None and not wake.done():
-            wake.set_result(None)
+        Called by ``append`` when no group is in flight, and by :meth:`_group_done` when rows
+        queued up behind the previous group: group commit without a flusher task in the path.
+        The write-ahead caller's wait is then one thread hop and one loop wake-up: the
+        thread commits and schedules :meth:`_group_done`, which resolves the waiters. (Going
+        through a task and ``_execute`` costs two more loop iterations, each of which can
+        queue behind market-data work; that was most of the write-ahead tail.) This puts
+        the call on aiosqlite's private worker queue (``Connection._tx``, 0.22.1) with no
+        future, the way aiosqlite itself queues a call whose result nobody awaits; it keeps
+        the order of every call on the connection, as :meth:`_hop` does.
+        """
+        rows, waiters = self._rows, self._waiters
+        self._rows, self._waiters = [], []
+        self._committing = True
+        if self._room_waiters:
+            self._wake_room()
+        call = partial(self._commit_on_thread, rows, waiters, perf_ns())
+        self._db._tx.put_nowait((None, call))
+
+    def _commit_on_thread(self, rows: list[_Row], waiters: list[asyncio.Future[int]], started: int) -> None:
+        """On the connection's thread: commit one group, then report to the loop either way."""
+        error: BaseException | None = None
+        try:
+            _write_events(self._raw, rows)
+        except BaseException as exc:  # noqa: BLE001 - not swallowed: _group_done fails the journal with it
+            error = exc
+        self._loop.call_soon_threadsafe(self._group_done, rows, waiters, started, error)
+
+    def _group_done(
+        self, rows: list[_Row], waiters: list[asyncio.Future[int]], started: int, error: BaseException | None
+    ) -> None:
+        """On the loop: resolve a committed group's waiters (or fail the journal), start the next."""
+        self._committing = False
+        if error is not None:
+            # Disk full, I/O error, a bug: every waiter is told, the journal is failed (sticky).
+            what = f"writing events {rows[0][0]}..{rows[-1][0]}"
+            if self._failure is None:
+                self._fail(error, what, waiters)
+            else:
+                for future in waiters:
+                    if not future.done():
+                        future.set_exception(self._failed_again())
+            return
+        elapsed = perf_ns() - started
+        stats = self.stats
+        stats["commits"] += 1
+        stats["rows"] += len(rows)
+        stats["max_group"] = max(stats["max_group"], len(rows))
+        stats["commit_ns_last"] = elapsed
+        stats["commit_ns_max"] = max(stats["commit_ns_max"], elapsed)
+        seq = rows[0][0]
+        self.committed_seq = rows[-1][0]
+        for future in waiters:
+            if not future.done():
+                future.set_result(seq)
+            seq += 1
+        if self._flush_waiters:
+            self._wake_flushers()
+        if self._rows and self._failure is None:
+            self._start_group()
 
     def _wake_flushers(self) -> None:
         committed = self.committed_seq
@@ -1002,7 +1016,6 @@ class Journal:
         for room in rooms:
             if not room.done():
                 room.set_exception(error)
-        self._poke()  # the flusher exits if it is idle
         return error
 
     def _failed_again(self) -> JournalWriteFailed:
