@@ -37,16 +37,16 @@ class PricingCounters:
 class _Book:
     """One symbol's per-exchange top of book: exchange → (price, size)."""
 
-    bids: dict[str, tuple[Decimal, int]] = field(default_factory=dict)
-    asks: dict[str, tuple[Decimal, int]] = field(default_factory=dict)
+    bids: dict[str, tuple[Decimal, Decimal]] = field(default_factory=dict)
+    asks: dict[str, tuple[Decimal, Decimal]] = field(default_factory=dict)
     last: BestBidOffer | None = None
 
 
-def _best(side: dict[str, tuple[Decimal, int]], highest: bool) -> tuple[Decimal, int] | None:
+def _best(side: dict[str, tuple[Decimal, Decimal]], highest: bool) -> tuple[Decimal, Decimal] | None:
     if not side:
         return None
     price = max(p for p, _ in side.values()) if highest else min(p for p, _ in side.values())
-    return price, sum(s for p, s in side.values() if p == price)
+    return price, sum((s for p, s in side.values() if p == price), Decimal(0))
 
 
 class PricingActor(Actor):

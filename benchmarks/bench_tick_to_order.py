@@ -120,7 +120,7 @@ class EveryKth(Strategy):
         self.sent = 0
 
     def on_bbo(self, bbo: BestBidOffer, now_ns: int) -> list[OrderIntent]:
-        seq = bbo.bid_size
+        seq = int(bbo.bid_size)  # the venue numbers its quotes in the bid size
         if seq % self.every:
             return []
         REC.strategy[seq] = time.perf_counter_ns()
@@ -167,7 +167,7 @@ class TimedFeedActor(AlpacaFeedActor):
 
     async def _publish(self, event: ExchangeQuote | TradeTick) -> None:
         if type(event) is ExchangeQuote and event.bid_size is not None:
-            REC.frame[event.bid_size] = self.stream.frame_ns  # type: ignore[attr-defined]
+            REC.frame[int(event.bid_size)] = self.stream.frame_ns  # type: ignore[attr-defined]
         await super()._publish(event)
 
 

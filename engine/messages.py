@@ -111,26 +111,31 @@ class ExchangeQuote(Event, frozen=True, kw_only=True):
     exchange: str
     national: bool
     bid_price: Decimal | None
-    bid_size: int | None
+    bid_size: Decimal | None
     ask_price: Decimal | None
-    ask_size: int | None
+    ask_size: Decimal | None
     suspicious: bool
     provider: str
     ts_event: int
     ts_recv: int
     ask_exchange: str | None = None
     """Where the ask rests, when a national quote names another exchange than the bid's."""
+    sequence: int | None = None
+    """The provider's update id, where its protocol has one (Binance ``u``): gaps,
+    duplicates and reordering are detected on it, per symbol and provider."""
 
 
 class TradeTick(Event, frozen=True, kw_only=True):
     symbol: str
     exchange: str
     price: Decimal
-    size: int
+    size: Decimal
     suspicious: bool
     provider: str
     ts_event: int
     ts_recv: int
+    sequence: int | None = None
+    """The provider's trade id where it increases by one per trade (Binance ``t``)."""
 
 
 class BestBidOffer(Event, frozen=True, kw_only=True):
@@ -138,9 +143,9 @@ class BestBidOffer(Event, frozen=True, kw_only=True):
 
     symbol: str
     bid_price: Decimal
-    bid_size: int
+    bid_size: Decimal
     ask_price: Decimal
-    ask_size: int
+    ask_size: Decimal
     provider: str
     ts_event: int
     ts_init: int

@@ -512,9 +512,9 @@ async def test_client_decodes_quotes_and_trades_into_exact_engine_messages(use_m
         exchange="V",
         national=True,
         bid_price=Decimal("189.2999"),
-        bid_size=3,
+        bid_size=Decimal(3),
         ask_price=Decimal("0.30000000000000004"),
-        ask_size=5,
+        ask_size=Decimal(5),
         suspicious=False,
         provider="alpaca-iex",
         ts_event=TS,
@@ -524,7 +524,7 @@ async def test_client_decodes_quotes_and_trades_into_exact_engine_messages(use_m
     assert str(q.bid_price) == "189.2999" and str(t.price) == "0.1"  # no binary-float digits
     assert before <= q.ts_recv <= LiveClock().time_ns()
     assert t == TradeTick(
-        symbol="IBM", exchange="V", price=Decimal("0.1"), size=100, suspicious=False,
+        symbol="IBM", exchange="V", price=Decimal("0.1"), size=Decimal(100), suspicious=False,
         provider="alpaca-iex", ts_event=TS, ts_recv=t.ts_recv,
     )
     assert (client.counters.quotes, client.counters.trades, client.counters.decode_errors) == (1, 1, 0)

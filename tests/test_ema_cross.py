@@ -13,9 +13,9 @@ def _bbo(mid: str) -> BestBidOffer:
     return BestBidOffer(
         symbol="IBM",
         bid_price=price - Decimal("0.01"),
-        bid_size=100,
+        bid_size=Decimal(100),
         ask_price=price + Decimal("0.01"),
-        ask_size=100,
+        ask_size=Decimal(100),
         provider="test",
         ts_event=0,
         ts_init=0,

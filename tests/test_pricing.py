@@ -42,9 +42,9 @@ def quote(
         exchange=ex,
         national=national,
         bid_price=Decimal(bid) if bid else None,
-        bid_size=bsz,
+        bid_size=None if bsz is None else Decimal(bsz),
         ask_price=Decimal(ask) if ask else None,
-        ask_size=asz,
+        ask_size=None if asz is None else Decimal(asz),
         suspicious=suspicious,
         provider="test",
         ts_event=1,
@@ -75,7 +75,7 @@ async def feed(messages: list[Any]) -> tuple[list[Any], ActorStats]:
 
 def tops(out: list[Any]) -> list[tuple[str, int, str, int]]:
     return [
-        (str(b.bid_price), b.bid_size, str(b.ask_price), b.ask_size)
+        (str(b.bid_price), int(b.bid_size), str(b.ask_price), int(b.ask_size))
         for b in out
         if isinstance(b, BestBidOffer)
     ]
@@ -124,7 +124,7 @@ async def test_crossed_books_are_held_back_and_trades_filtered() -> None:
         symbol="IBM",
         exchange="D",
         price=Decimal("10"),
-        size=5,
+        size=Decimal(5),
         suspicious=False,
         provider="t",
         ts_event=1,
@@ -134,7 +134,7 @@ async def test_crossed_books_are_held_back_and_trades_filtered() -> None:
         symbol="IBM",
         exchange="D",
         price=Decimal("99"),
-        size=5,
+        size=Decimal(5),
         suspicious=True,
         provider="t",
         ts_event=1,

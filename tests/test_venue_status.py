@@ -120,7 +120,7 @@ class Session:
         await self.bus.publish(
             topics.MD_BBO,
             BestBidOffer(
-                symbol=SYMBOL, bid_price=D("99.90"), bid_size=1000, ask_price=D("100.10"), ask_size=1000,
+                symbol=SYMBOL, bid_price=D("99.90"), bid_size=D(1000), ask_price=D("100.10"), ask_size=D(1000),
                 provider="test", ts_event=time.time_ns(), ts_init=time.time_ns(),
             ),
         )

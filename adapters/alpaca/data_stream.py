@@ -221,10 +221,10 @@ def _price(value: Decimal, what: str, positive: bool) -> Decimal:
     return value
 
 
-def _size(value: int, what: str) -> int:
+def _size(value: int, what: str) -> Decimal:
     if not 0 <= value <= MAX_SIZE:
         raise DecodeError(f"bad {what} {value}")
-    return value
+    return Decimal(value)
 
 
 def _symbol(value: str) -> str:

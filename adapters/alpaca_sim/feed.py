@@ -188,13 +188,13 @@ class FeedPlayer:
         changed = False
         symbol = quote.symbol
         if quote.bid_price is not None:
-            side: _Side = (str(quote.bid_price), quote.bid_size or 0, quote.exchange)
+            side: _Side = (str(quote.bid_price), int(quote.bid_size or 0), quote.exchange)
             last = self._bids.get(symbol)
             if last is None or last[1] != side:
                 self._bids[symbol] = (quote, side)
                 changed = True
         if quote.ask_price is not None:
-            side = (str(quote.ask_price), quote.ask_size or 0, quote.ask_exchange or quote.exchange)
+            side = (str(quote.ask_price), int(quote.ask_size or 0), quote.ask_exchange or quote.exchange)
             last = self._asks.get(symbol)
             if last is None or last[1] != side:
                 self._asks[symbol] = (quote, side)
@@ -232,7 +232,7 @@ class FeedPlayer:
             trade_id=self._trade_id,
             exchange=tick.exchange,
             price=tick.price,
-            size=tick.size,
+            size=int(tick.size),
             ts_ns=self._stamp(tick.ts_event),
         )
         self.trades += 1
