@@ -155,6 +155,57 @@ class BestBidOffer(Event, frozen=True, kw_only=True):
         return (self.bid_price + self.ask_price) / 2
 
 
+
+class FeedState(Event, frozen=True, kw_only=True):
+    """A feed adapter's connection to its provider went up or down (feed adapters → pricing)."""
+
+    provider: str
+    connected: bool
+    reason: str
+    ts_init: int
+
+
+class SymbolTradingStatus(Event, frozen=True, kw_only=True):
+    """A provider's trading status for a symbol (halt / resume) and/or its LULD price bands.
+
+    ``halted`` is ``None`` when the message carries only bands (an Alpaca ``l`` message).
+    Feed adapters publish it on ``md.raw``; pricing forwards it on ``md.status``.
+    """
+
+    symbol: str
+    halted: bool | None
+    reason: str
+    provider: str
+    ts_event: int
+    ts_recv: int
+    luld_lower: Decimal | None = None
+    luld_upper: Decimal | None = None
+
+
+class MarketDataStatus(Event, frozen=True, kw_only=True):
+    """Pricing's verdict on one symbol's data: fresh or stale, and which provider is active.
+
+    Published on ``md.status`` whenever a symbol turns stale (silence beyond its SLA, its
+    provider disconnected, the whole feed silent) or fresh again. Risk refuses new orders
+    in a stale symbol; strategies are told.
+    """
+
+    symbol: str
+    fresh: bool
+    provider: str | None
+    reason: str
+    ts_init: int
+
+
+class ProviderSwitched(Event, frozen=True, kw_only=True):
+    """Pricing moved a symbol to another provider (failover, or back after hysteresis)."""
+
+    symbol: str
+    from_provider: str | None
+    to_provider: str
+    reason: str
+    ts_init: int
+
 # ---------------------------------------------------------------- order path
 
 
@@ -468,6 +519,10 @@ Message = (
     ExchangeQuote
     | TradeTick
     | BestBidOffer
+    | FeedState
+    | SymbolTradingStatus
+    | MarketDataStatus
+    | ProviderSwitched
     | OrderIntent
     | RiskRejected
     | ApprovedOrder

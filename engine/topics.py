@@ -3,9 +3,12 @@
 =================  ==========================================  ===========================
 topic              messages                                    from → to
 =================  ==========================================  ===========================
-``md.raw``         ExchangeQuote, TradeTick                    feed adapters → pricing
+``md.raw``         ExchangeQuote, TradeTick, FeedState,        feed adapters → pricing
+                   SymbolTradingStatus
 ``md.bbo``         BestBidOffer                                pricing → strategies, risk, venue
 ``md.trade``       TradeTick (clean)                           pricing → strategies
+``md.status``      MarketDataStatus, ProviderSwitched,         pricing → strategies, risk
+                   SymbolTradingStatus
 ``order.intent``   OrderIntent                                 strategies → risk
 ``order.approved`` ApprovedOrder                               risk → order manager
 ``venue.command``  SubmitOrder, CancelOrder                    order manager → venue adapter
@@ -22,6 +25,7 @@ from typing import Final
 MD_RAW: Final = "md.raw"
 MD_BBO: Final = "md.bbo"
 MD_TRADE: Final = "md.trade"
+MD_STATUS: Final = "md.status"
 ORDER_INTENT: Final = "order.intent"
 ORDER_APPROVED: Final = "order.approved"
 VENUE_COMMAND: Final = "venue.command"
