@@ -1,27 +1,107 @@
 """The pricing actor: the engine's single source of truth for prices.
 
-It turns one-sided quote updates into a national best bid and offer (NBBO) per symbol
-and publishes it on ``md.bbo`` whenever it changes. Per-exchange updates build a book of
-each exchange's top; the NBBO is the best across them. Updates a provider marks
-``national`` already are the best for their side and replace it (see
-:class:`~engine.messages.ExchangeQuote`). Rows a provider
-flags as suspicious are skipped; a crossed or locked NBBO (best bid ≥ best ask, which
-happens when one exchange's quote is stale) is not published until it uncrosses. Both
-are counted. Clean trades are passed on to ``md.trade``.
+What arrives from feed adapters on ``md.raw`` is a provider's claim; what leaves on
+``md.bbo`` and ``md.trade`` is what the engine trusts. In between, per symbol and provider:
 
-The NBBO size is the total size displayed at the best price across exchanges.
+- **Sanity.** Quotes and trades with a zero or negative price or a negative size are
+  dropped (``invalid``); rows the provider flags as suspicious are dropped
+  (``suspicious``). A quote whose mid jumps more than ``outlier_pct`` from the last
+  published mid is held back (``outliers``) unless the next ones confirm it: after
+  ``outlier_confirmations`` such quotes in a row the market really moved, and the new
+  level is accepted. A crossed or locked NBBO (best bid ≥ best ask, which happens when one
+  exchange's quote is stale) is not published until it clears (``crossed``/``locked``).
+- **Sequence.** Where the protocol numbers its messages (``sequence``: Binance update and
+  trade ids), a number not above the last is a duplicate or out of order and dropped; for
+  trades, whose ids go up by one, a jump is a gap (counted; the trade is kept).
+- **NBBO.** Per-exchange updates build a book of each exchange's top; the NBBO is the best
+  across them. Updates a provider marks ``national`` replace their whole side (see
+  :class:`~engine.messages.ExchangeQuote`). The NBBO size is the total displayed at the
+  best price.
+- **Freshness.** Each symbol has an SLA: silence from its active provider beyond it makes
+  the symbol stale, and a :class:`~engine.messages.MarketDataStatus` on ``md.status`` tells
+  risk (which then refuses new orders in it) and strategies. The next good quote makes it
+  fresh again. A feed that goes down (:class:`~engine.messages.FeedState`), or a provider
+  silent on *every* symbol beyond ``feed_silence_s`` (the data-plane watchdog), makes all
+  its symbols stale at once.
+- **Failover and lineage.** A symbol may have a primary and a secondary provider. Both
+  books are kept current; only the active provider's NBBO is published, and every
+  :class:`~engine.messages.BestBidOffer` names the provider it came from. When the active
+  provider goes stale and the other one is fresh, pricing switches
+  (:class:`~engine.messages.ProviderSwitched`, logged and counted). It switches back to the
+  primary only after the primary has been fresh for ``failback_s`` without a break
+  (hysteresis), so a flapping primary does not make prices flap between sources.
+
+Timers come from the engine clock, so replay under :class:`~engine.clock.SimClock` goes
+stale at exactly the same simulated moments every time. A symbol has at most one pending
+staleness timer, armed for ``last_seen + sla`` and re-armed when it fires early.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, Final
 
 from engine import topics
 from engine.actor import Actor
-from engine.messages import ActorStats, BestBidOffer, ExchangeQuote, StatsQuery, TradeTick
+from engine.clock import NS_PER_S
+from engine.messages import (
+    ActorStats,
+    BestBidOffer,
+    ExchangeQuote,
+    FeedState,
+    MarketDataStatus,
+    ProviderSwitched,
+    StatsQuery,
+    SymbolTradingStatus,
+    TradeTick,
+)
+
+ZERO: Final = Decimal(0)
+
+
+@dataclass(frozen=True)
+class PricingPolicy:
+    """Freshness, failover and sanity settings (``[pricing]`` in the config)."""
+
+    sla_s: float = 10.0
+    """Default freshness SLA: a symbol whose active provider is silent longer is stale."""
+    symbol_sla_s: Mapping[str, float] = field(default_factory=dict)
+    """Per-symbol SLA overrides."""
+    feed_silence_s: float = 30.0
+    """Data-plane watchdog: a provider silent on every symbol this long is treated as down."""
+    providers: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    """Per symbol: (primary, secondary) provider. Unlisted symbols use whichever provider
+    they hear from first, with no failover."""
+    failback_s: float = 30.0
+    """Hysteresis: the primary must be fresh this long before prices move back to it."""
+    outlier_pct: Decimal = Decimal(10)
+    """A quote whose mid moves more than this percentage from the last published mid is
+    held back ..."""
+    outlier_confirmations: int = 5
+    """... unless this many such quotes arrive in a row (then the market really moved)."""
+
+    def __post_init__(self) -> None:
+        for name, value in (("sla_s", self.sla_s), ("feed_silence_s", self.feed_silence_s)):
+            if not value > 0:
+                raise ValueError(f"pricing.{name} must be positive, got {value}")
+        for symbol, sla in self.symbol_sla_s.items():
+            if not sla > 0:
+                raise ValueError(f"pricing.symbol_sla_s.{symbol} must be positive, got {sla}")
+        if self.failback_s < 0:
+            raise ValueError(f"pricing.failback_s must not be negative, got {self.failback_s}")
+        if not self.outlier_pct > 0:
+            raise ValueError(f"pricing.outlier_pct must be positive, got {self.outlier_pct}")
+        if self.outlier_confirmations < 1:
+            raise ValueError(f"pricing.outlier_confirmations must be >= 1, got {self.outlier_confirmations}")
+        for symbol, pair in self.providers.items():
+            if len(pair) != 2 or pair[0] == pair[1]:
+                raise ValueError(f"pricing.providers.{symbol} must name two different providers, got {pair}")
+
+    def sla_ns(self, symbol: str) -> int:
+        return round(self.symbol_sla_s.get(symbol, self.sla_s) * NS_PER_S)
 
 
 @dataclass
@@ -29,30 +109,78 @@ class PricingCounters:
     quotes: int = 0
     trades: int = 0
     suspicious: int = 0
+    invalid: int = 0
+    outliers: int = 0
     crossed: int = 0
+    locked: int = 0
+    duplicates: int = 0
+    out_of_order: int = 0
+    gaps: int = 0
     published: int = 0
+    stale: int = 0
+    recovered: int = 0
+    failovers: int = 0
+    failbacks: int = 0
+    feeds_down: int = 0
+    feeds_silent: int = 0
+    inactive_provider: int = 0
+    """Quotes from a symbol's standby provider: kept in its book, not published."""
+    trading_status: int = 0
 
 
 @dataclass
 class _Book:
-    """One symbol's per-exchange top of book: exchange → (price, size)."""
+    """One symbol's top of book from one provider: exchange → (price, size)."""
 
     bids: dict[str, tuple[Decimal, Decimal]] = field(default_factory=dict)
     asks: dict[str, tuple[Decimal, Decimal]] = field(default_factory=dict)
-    last: BestBidOffer | None = None
+    nbbo: tuple[Decimal, Decimal, Decimal, Decimal] | None = None
+    """The last clean NBBO of this provider: bid, bid size, ask, ask size."""
+    ts_event: int = 0
+    last_seen_ns: int | None = None
+    quote_seq: int | None = None
+    trade_seq: int | None = None
+    outlier_streak: int = 0
+    fresh_since_ns: int | None = None
+    """Since when this provider has been continuously fresh for the symbol (failback)."""
+
+
+@dataclass
+class _Symbol:
+    symbol: str
+    sla_ns: int
+    primary: str | None
+    secondary: str | None
+    active: str | None
+    books: dict[str, _Book] = field(default_factory=dict)
+    fresh: bool | None = None
+    """None until the first clean quote; then the verdict last published on md.status."""
+    last_published: BestBidOffer | None = None
+    timer_due_ns: int | None = None
+
+    def book(self, provider: str) -> _Book:
+        book = self.books.get(provider)
+        if book is None:
+            book = self.books[provider] = _Book()
+        return book
 
 
 def _best(side: dict[str, tuple[Decimal, Decimal]], highest: bool) -> tuple[Decimal, Decimal] | None:
     if not side:
         return None
     price = max(p for p, _ in side.values()) if highest else min(p for p, _ in side.values())
-    return price, sum((s for p, s in side.values() if p == price), Decimal(0))
+    return price, sum((s for p, s in side.values() if p == price), ZERO)
 
 
 class PricingActor(Actor):
-    def __init__(self) -> None:
-        self.books: dict[str, _Book] = {}
+    def __init__(self, policy: PricingPolicy | None = None) -> None:
+        self.policy = policy or PricingPolicy()
+        self.symbols: dict[str, _Symbol] = {}
         self.counters = PricingCounters()
+        self.switches: list[ProviderSwitched] = []
+        self._provider_seen_ns: dict[str, int] = {}
+        self._provider_down: set[str] = set()
+        self._feed_timer_armed = False
 
     async def on_start(self) -> None:
         self.ctx.subscribe(topics.MD_RAW)
@@ -62,19 +190,54 @@ class PricingActor(Actor):
             self.ctx.log.info("pricing_rebuilding_books_from_feed")
 
     async def handle(self, message: Any) -> Any:
-        if type(message) is ExchangeQuote:
+        kind = type(message)
+        if kind is ExchangeQuote:
             await self._on_quote(message)
-        elif type(message) is TradeTick:
-            self.counters.trades += 1
-            if message.suspicious:
-                self.counters.suspicious += 1
-            else:
-                await self.ctx.publish(topics.MD_TRADE, message)
-        elif type(message) is StatsQuery:
-            return ActorStats(counters=dataclasses.asdict(self.counters))
+        elif kind is TradeTick:
+            await self._on_trade(message)
+        elif kind is _Check:
+            await self._on_check(message)
+        elif kind is FeedState:
+            await self._on_feed_state(message)
+        elif kind is SymbolTradingStatus:
+            self.counters.trading_status += 1
+            await self.ctx.publish(topics.MD_STATUS, message)
+        elif kind is StatsQuery:
+            return ActorStats(
+                counters=dataclasses.asdict(self.counters),
+                breakdown={
+                    # symbol → 1, keyed "SYMBOL provider" (ActorStats breakdowns are counts)
+                    "active_provider": {f"{s.symbol} {s.active}": 1 for s in self.symbols.values() if s.active},
+                    "stale": {s.symbol: 1 for s in self.symbols.values() if s.fresh is False},
+                },
+            )
         else:
-            raise TypeError(f"pricing actor cannot handle {type(message).__name__}")
+            raise TypeError(f"pricing actor cannot handle {kind.__name__}")
         return None
+
+    # ------------------------------------------------------------ symbols and providers
+
+    def _symbol(self, symbol: str, provider: str) -> _Symbol:
+        state = self.symbols.get(symbol)
+        if state is None:
+            pair = self.policy.providers.get(symbol)
+            primary, secondary = pair if pair is not None else (None, None)
+            state = self.symbols[symbol] = _Symbol(
+                symbol=symbol,
+                sla_ns=self.policy.sla_ns(symbol),
+                primary=primary,
+                secondary=secondary,
+                active=primary if primary is not None else provider,
+            )
+        return state
+
+    def _heard_from(self, provider: str, now: int) -> None:
+        self._provider_seen_ns[provider] = now
+        self._provider_down.discard(provider)
+        if not self._feed_timer_armed:
+            self._arm_feed_timer(now + round(self.policy.feed_silence_s * NS_PER_S))
+
+    # ------------------------------------------------------------ quotes
 
     async def _on_quote(self, quote: ExchangeQuote) -> None:
         counters = self.counters
@@ -82,9 +245,26 @@ class PricingActor(Actor):
         if quote.suspicious:
             counters.suspicious += 1
             return
-        book = self.books.get(quote.symbol)
-        if book is None:
-            book = self.books[quote.symbol] = _Book()
+        if (quote.bid_price is not None and (quote.bid_price <= ZERO or (quote.bid_size or ZERO) < ZERO)) or (
+            quote.ask_price is not None and (quote.ask_price <= ZERO or (quote.ask_size or ZERO) < ZERO)
+        ):
+            counters.invalid += 1
+            return
+        provider = quote.provider
+        state = self._symbol(quote.symbol, provider)
+        book = state.book(provider)
+        sequence = quote.sequence
+        if sequence is not None:
+            last = book.quote_seq
+            if last is not None and sequence <= last:
+                if sequence == last:
+                    counters.duplicates += 1
+                else:
+                    counters.out_of_order += 1
+                return
+            book.quote_seq = sequence
+        now = self.ctx.clock.time_ns()
+        self._heard_from(provider, now)
         if quote.national:
             # A national update replaces its side: the previous best is gone from it.
             if quote.bid_price is not None:
@@ -107,24 +287,259 @@ class PricingActor(Actor):
         if bid is None or ask is None:
             return
         if bid[0] >= ask[0]:
-            counters.crossed += 1
+            if bid[0] == ask[0]:
+                counters.locked += 1
+            else:
+                counters.crossed += 1
             return
-        last = book.last
-        if last is not None and (last.bid_price, last.bid_size, last.ask_price, last.ask_size) == (
-            *bid,
-            *ask,
+        if self._is_outlier(book, bid[0], ask[0]):
+            counters.outliers += 1
+            return
+        book.nbbo = (bid[0], bid[1], ask[0], ask[1])
+        book.ts_event = quote.ts_event
+        if book.last_seen_ns is None or now - book.last_seen_ns >= state.sla_ns:
+            book.fresh_since_ns = now  # a fresh run starts (a standby has no timer to end one)
+        book.last_seen_ns = now
+        self._arm_symbol_timer(state, now + state.sla_ns)
+        if provider != state.active:
+            counters.inactive_provider += 1
+            await self._maybe_fail_back(state, provider, now)
+            return
+        if state.fresh is not True:
+            await self._set_fresh(state, True, "first quote" if state.fresh is None else "quotes resumed", now)
+        await self._publish_bbo(state, provider, now)
+
+    def _is_outlier(self, book: _Book, bid: Decimal, ask: Decimal) -> bool:
+        last = book.nbbo
+        if last is None:
+            return False
+        last_mid = (last[0] + last[2]) / 2
+        move = abs((bid + ask) / 2 - last_mid) * 100 / last_mid
+        if move <= self.policy.outlier_pct:
+            book.outlier_streak = 0
+            return False
+        book.outlier_streak += 1
+        if book.outlier_streak >= self.policy.outlier_confirmations:
+            book.outlier_streak = 0
+            return False
+        return True
+
+    async def _publish_bbo(self, state: _Symbol, provider: str, now: int) -> None:
+        book = state.books[provider]
+        nbbo = book.nbbo
+        if nbbo is None:
+            return
+        last = state.last_published
+        if (
+            last is not None
+            and last.provider == provider
+            and (last.bid_price, last.bid_size, last.ask_price, last.ask_size) == nbbo
         ):
             return
         bbo = BestBidOffer(
-            symbol=quote.symbol,
-            bid_price=bid[0],
-            bid_size=bid[1],
-            ask_price=ask[0],
-            ask_size=ask[1],
-            provider=quote.provider,
-            ts_event=quote.ts_event,
-            ts_init=self.ctx.clock.time_ns(),
+            symbol=state.symbol,
+            bid_price=nbbo[0],
+            bid_size=nbbo[1],
+            ask_price=nbbo[2],
+            ask_size=nbbo[3],
+            provider=provider,
+            ts_event=book.ts_event,
+            ts_init=now,
         )
-        book.last = bbo
-        counters.published += 1
+        state.last_published = bbo
+        self.counters.published += 1
         await self.ctx.publish(topics.MD_BBO, bbo)
+
+    # ------------------------------------------------------------ trades
+
+    async def _on_trade(self, trade: TradeTick) -> None:
+        counters = self.counters
+        counters.trades += 1
+        if trade.suspicious:
+            counters.suspicious += 1
+            return
+        if trade.price <= ZERO or trade.size < ZERO:
+            counters.invalid += 1
+            return
+        state = self._symbol(trade.symbol, trade.provider)
+        book = state.book(trade.provider)
+        sequence = trade.sequence
+        if sequence is not None:
+            last = book.trade_seq
+            if last is not None:
+                if sequence == last:
+                    counters.duplicates += 1
+                    return
+                if sequence < last:
+                    counters.out_of_order += 1
+                    return
+                if sequence > last + 1:
+                    counters.gaps += 1
+            book.trade_seq = sequence
+        self._heard_from(trade.provider, self.ctx.clock.time_ns())
+        # With failover configured only the active provider's trades count (lineage); without
+        # it, a symbol's trades are published whoever provides them.
+        if state.primary is None or trade.provider == state.active:
+            await self.ctx.publish(topics.MD_TRADE, trade)
+
+    # ------------------------------------------------------------ freshness and failover
+
+    async def _set_fresh(self, state: _Symbol, fresh: bool, reason: str, now: int) -> None:
+        was = state.fresh
+        state.fresh = fresh
+        if was is False and fresh:
+            self.counters.recovered += 1
+        elif not fresh:
+            self.counters.stale += 1
+        log = self.ctx.log.info if fresh else self.ctx.log.warning
+        log("md_fresh" if fresh else "md_stale", symbol=state.symbol, provider=state.active, reason=reason)
+        await self.ctx.publish(
+            topics.MD_STATUS,
+            MarketDataStatus(symbol=state.symbol, fresh=fresh, provider=state.active, reason=reason, ts_init=now),
+        )
+
+    def _is_fresh(self, state: _Symbol, provider: str | None, now: int) -> bool:
+        if provider is None or provider in self._provider_down:
+            return False
+        book = state.books.get(provider)
+        if book is None or book.last_seen_ns is None or book.nbbo is None:
+            return False
+        return now - book.last_seen_ns < state.sla_ns  # the timer's rule: stale at last_seen + SLA
+
+    def _standby(self, state: _Symbol) -> str | None:
+        if state.primary is None:
+            return None
+        return state.secondary if state.active == state.primary else state.primary
+
+    async def _switch(self, state: _Symbol, to: str, reason: str, now: int) -> None:
+        switch = ProviderSwitched(
+            symbol=state.symbol, from_provider=state.active, to_provider=to, reason=reason, ts_init=now
+        )
+        if to == state.primary:
+            self.counters.failbacks += 1
+        else:
+            self.counters.failovers += 1
+        self.switches.append(switch)
+        self.ctx.log.warning(
+            "md_provider_switched", symbol=state.symbol, from_provider=state.active, to_provider=to, reason=reason
+        )
+        state.active = to
+        await self.ctx.publish(topics.MD_STATUS, switch)
+
+    async def _maybe_fail_back(self, state: _Symbol, provider: str, now: int) -> None:
+        """A quote from the standby provider: switch to it if the active one is stale, or
+        back to the primary once it has been fresh for ``failback_s``."""
+        if provider == state.primary and state.active == state.secondary:
+            book = state.books[provider]
+            assert book.fresh_since_ns is not None
+            held = now - book.fresh_since_ns
+            if held >= round(self.policy.failback_s * NS_PER_S) or not self._is_fresh(state, state.active, now):
+                await self._switch(state, provider, f"primary fresh for {held / NS_PER_S:.1f} s", now)
+                await self._publish_bbo(state, provider, now)
+                if state.fresh is not True:
+                    await self._set_fresh(state, True, f"failed back to {provider}", now)
+            return
+        if not self._is_fresh(state, state.active, now) and provider in (state.primary, state.secondary):
+            await self._switch(state, provider, f"{state.active} stale", now)
+            await self._publish_bbo(state, provider, now)
+            if state.fresh is not True:
+                await self._set_fresh(state, True, f"failed over to {provider}", now)
+
+    async def _go_stale(self, state: _Symbol, reason: str, now: int) -> None:
+        """The active provider is stale: fail over if the standby is fresh, else tell everyone."""
+        active = state.active
+        if active is not None and active in state.books:
+            state.books[active].fresh_since_ns = None
+        standby = self._standby(state)
+        if standby is not None and self._is_fresh(state, standby, now):
+            await self._switch(state, standby, f"{active} {reason}", now)
+            await self._publish_bbo(state, standby, now)
+            if state.fresh is not True:
+                await self._set_fresh(state, True, f"failed over to {standby}", now)
+            return
+        if state.fresh is not False:
+            await self._set_fresh(state, False, reason, now)
+
+    async def _on_check(self, check: _Check) -> None:
+        now = self.ctx.clock.time_ns()
+        if check.symbol is None:
+            await self._check_feeds(now)
+            return
+        state = self.symbols[check.symbol]
+        state.timer_due_ns = None
+        active = state.active
+        book = state.books.get(active) if active is not None else None
+        if book is None or book.last_seen_ns is None:
+            return
+        due = book.last_seen_ns + state.sla_ns
+        if now < due:
+            self._arm_symbol_timer(state, due)
+            return
+        if state.fresh is not False:
+            silent = (now - book.last_seen_ns) / NS_PER_S
+            await self._go_stale(state, f"silent {silent:.1f} s > SLA {state.sla_ns / NS_PER_S:g} s", now)
+
+    async def _check_feeds(self, now: int) -> None:
+        self._feed_timer_armed = False
+        silence_ns = round(self.policy.feed_silence_s * NS_PER_S)
+        next_due: int | None = None
+        for provider, seen in self._provider_seen_ns.items():
+            if provider in self._provider_down:
+                continue
+            if now - seen >= silence_ns:
+                self.counters.feeds_silent += 1
+                self.ctx.log.warning("md_feed_silent", provider=provider, silent_s=(now - seen) / NS_PER_S)
+                await self._provider_lost(provider, f"feed silent {(now - seen) / NS_PER_S:.1f} s", now)
+            else:
+                due = seen + silence_ns
+                next_due = due if next_due is None else min(next_due, due)
+        if next_due is not None:
+            self._arm_feed_timer(next_due)
+
+    async def _on_feed_state(self, state: FeedState) -> None:
+        now = self.ctx.clock.time_ns()
+        if state.connected:
+            self.ctx.log.info("md_feed_up", provider=state.provider, reason=state.reason)
+            return  # symbols turn fresh with their next quote
+        self.counters.feeds_down += 1
+        self.ctx.log.warning("md_feed_down", provider=state.provider, reason=state.reason)
+        await self._provider_lost(state.provider, f"feed down: {state.reason}", now)
+
+    async def _provider_lost(self, provider: str, reason: str, now: int) -> None:
+        self._provider_down.add(provider)
+        for symbol in self.symbols.values():
+            book = symbol.books.get(provider)
+            if book is not None:
+                book.fresh_since_ns = None
+                book.last_seen_ns = None
+            if symbol.active == provider:
+                await self._go_stale(symbol, reason, now)
+
+    # ------------------------------------------------------------ timers
+
+    def _arm_symbol_timer(self, state: _Symbol, due_ns: int) -> None:
+        if state.timer_due_ns is not None:
+            return  # one pending timer per symbol; it re-arms itself if it fires early
+        state.timer_due_ns = due_ns
+        self._offer_at(due_ns, _Check(state.symbol))
+
+    def _arm_feed_timer(self, due_ns: int) -> None:
+        self._feed_timer_armed = True
+        self._offer_at(due_ns, _Check(None))
+
+    def _offer_at(self, due_ns: int, check: _Check) -> None:
+        mailbox = self.ctx.bus.mailbox(self.ctx.address)
+        clock = self.ctx.clock
+
+        def fire() -> None:
+            if not mailbox.offer(check):  # a full mailbox: try again shortly, never lose the check
+                clock.call_later(0.01, fire)
+
+        clock.call_at(due_ns, fire)
+
+
+@dataclass(frozen=True)
+class _Check:
+    """A staleness check for one symbol, or (``symbol=None``) for every feed."""
+
+    symbol: str | None

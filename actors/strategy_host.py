@@ -18,12 +18,15 @@ from engine.messages import (
     ActorStats,
     BestBidOffer,
     Fill,
+    MarketDataStatus,
     OrderIntent,
     OrderUpdate,
     PortfolioQuery,
     PortfolioSnapshot,
+    ProviderSwitched,
     RiskRejected,
     StatsQuery,
+    SymbolTradingStatus,
     TradeTick,
 )
 
@@ -35,13 +38,14 @@ class StrategyActor(Actor):
         self.boot = boot
         """How many times this engine has started on its journal (0: no journal)."""
         self.intents = 0
+        self.market_status = 0
 
     async def on_start(self) -> None:
         # Intent ids: <strategy>[.b<boot>].<incarnation>-<n>, unique even though a
         # restarted strategy (or a restarted process) counts from 1 again.
         boot = f".b{self.boot}" if self.boot else ""
         self.strategy.intent_prefix = f"{self.strategy.name}{boot}.{self.ctx.restarts}"
-        for topic in (topics.MD_BBO, topics.MD_TRADE, topics.ORDER_FILL, topics.ORDER_EVENT):
+        for topic in (topics.MD_BBO, topics.MD_TRADE, topics.MD_STATUS, topics.ORDER_FILL, topics.ORDER_EVENT):
             self.ctx.subscribe(topic)
         # A fresh instance (a restarted actor, or a restarted process whose ledger the
         # journal rebuilt) knows nothing: ask the ledger what we hold.
@@ -80,8 +84,11 @@ class StrategyActor(Actor):
             if message.strategy != strategy.name:
                 return None
             intents = strategy.on_rejected(message, now)
+        elif kind is MarketDataStatus or kind is ProviderSwitched or kind is SymbolTradingStatus:
+            self.market_status += 1
+            intents = strategy.on_market_status(message, now)
         elif kind is StatsQuery:
-            return ActorStats(counters={"intents": self.intents})
+            return ActorStats(counters={"intents": self.intents, "market_status": self.market_status})
         else:
             raise TypeError(f"strategy actor cannot handle {kind.__name__}")
         for intent in intents:

@@ -78,6 +78,43 @@ class RiskSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError("max_order_notional: must be positive")
 
 
+class PricingSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Market-data health: freshness SLAs, the feed watchdog, failover, sanity filters."""
+
+    sla_s: float = 10.0
+    """A symbol whose active provider is silent longer than this is stale: no new orders in it."""
+    symbol_sla_s: dict[str, float] = msgspec.field(default_factory=dict)
+    """Per-symbol SLA overrides, e.g. ``{ IBM = 5.0 }``."""
+    feed_silence_s: float = 30.0
+    """A provider silent on every symbol this long is treated as down."""
+    providers: dict[str, list[str]] = msgspec.field(default_factory=dict)
+    """Per symbol, ``[primary, secondary]`` providers for failover, e.g. ``{ IBM = ["alpaca-sip", "alpaca-iex"] }``."""
+    failback_s: float = 30.0
+    """The primary must be fresh this long before prices move back to it (hysteresis)."""
+    outlier_pct: Decimal = Decimal(10)
+    """A quote whose mid jumps more than this % from the last is held back ..."""
+    outlier_confirmations: int = 5
+    """... unless this many such quotes come in a row."""
+
+    def __post_init__(self) -> None:
+        if not self.sla_s > 0:
+            raise ValueError("sla_s: must be positive")
+        for symbol, sla in self.symbol_sla_s.items():
+            if not sla > 0:
+                raise ValueError(f"symbol_sla_s: {symbol} must be positive")
+        if not self.feed_silence_s > 0:
+            raise ValueError("feed_silence_s: must be positive")
+        for symbol, pair in self.providers.items():
+            if len(pair) != 2 or pair[0] == pair[1]:
+                raise ValueError(f"providers: {symbol} must name two different providers, got {pair}")
+        if self.failback_s < 0:
+            raise ValueError("failback_s: must not be negative")
+        if not self.outlier_pct > 0:
+            raise ValueError("outlier_pct: must be positive")
+        if self.outlier_confirmations < 1:
+            raise ValueError("outlier_confirmations: must be at least 1")
+
+
 class VenueSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     kind: Literal["simulator", "alpaca-paper", "alpaca-live"] = "simulator"
     """``simulator``: Kestrel's Alpaca simulator (embedded, or the one at ``url``);
@@ -133,6 +170,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     data: DataSection = msgspec.field(default_factory=DataSection)
     strategy: StrategySection = msgspec.field(default_factory=StrategySection)
     risk: RiskSection = msgspec.field(default_factory=RiskSection)
+    pricing: PricingSection = msgspec.field(default_factory=PricingSection)
     venue: VenueSection = msgspec.field(default_factory=VenueSection)
     journal: JournalSection = msgspec.field(default_factory=JournalSection)
     secrets: SecretsSection = msgspec.field(default_factory=SecretsSection)

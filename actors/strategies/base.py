@@ -14,7 +14,17 @@ from typing import Any, TypeVar
 import msgspec
 
 from engine.errors import ConfigError
-from engine.messages import BestBidOffer, Fill, OrderIntent, OrderUpdate, RiskRejected, TradeTick
+from engine.messages import (
+    BestBidOffer,
+    Fill,
+    MarketDataStatus,
+    OrderIntent,
+    OrderUpdate,
+    ProviderSwitched,
+    RiskRejected,
+    SymbolTradingStatus,
+    TradeTick,
+)
 
 P = TypeVar("P", bound=msgspec.Struct)
 
@@ -58,4 +68,12 @@ class Strategy:
         return []
 
     def on_rejected(self, rejection: RiskRejected, now_ns: int) -> list[OrderIntent]:
+        return []
+
+    def on_market_status(
+        self, status: MarketDataStatus | ProviderSwitched | SymbolTradingStatus, now_ns: int
+    ) -> list[OrderIntent]:
+        """A symbol's data turned stale or fresh, moved to another provider, or its trading
+        status changed (halt, LULD bands). Risk already refuses orders in a stale or halted
+        symbol; a strategy hears of it so it can stop quoting or reset its signals."""
         return []
