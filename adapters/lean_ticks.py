@@ -13,7 +13,10 @@ representable as :class:`~decimal.Decimal`).
 :func:`read_events` merges a day's quote and trade files into one time-ordered stream
 of :class:`~engine.messages.ExchangeQuote` and :class:`~engine.messages.TradeTick`.
 It streams (never loads a whole file) and raises :class:`~engine.errors.DataError`
-naming the file and line of the first row it cannot read.
+naming the file and line of the first row it cannot read — or, given ``on_error``,
+reports each bad row there (with a kind: ``bad_row``, ``time_backwards``,
+``unreadable_file``, ``truncated_zip``) and skips it, so a replay of a slightly damaged
+day goes on and says what it skipped.
 
 This is blocking file I/O: the async :func:`read_batches` runs it in a worker thread,
 a batch at a time, so the event loop never waits on the disk.
@@ -27,7 +30,7 @@ import heapq
 import io
 import re
 import zipfile
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Final
@@ -43,6 +46,19 @@ _PRICE_EXP: Final = -4
 
 Tick = ExchangeQuote | TradeTick
 
+BAD_ROW: Final = "bad_row"
+TIME_BACKWARDS: Final = "time_backwards"
+UNREADABLE: Final = "unreadable_file"
+TRUNCATED: Final = "truncated_zip"
+
+OnError = Callable[[str, DataError], None]
+"""Lenient reading: receives ``(kind, error)`` for each bad row or file, which is then skipped.
+Raising from it makes reading strict again."""
+
+
+def _raise(kind: str, error: DataError) -> None:
+    raise error
+
 
 def _midnight_ns(date: str, source: str) -> int:
     try:
@@ -57,18 +73,24 @@ def symbol_for(path: Path, explicit: str | None) -> str:
     return (explicit or path.parent.name).upper()
 
 
-def _rows(path: Path) -> Iterator[tuple[int, list[str]]]:
+def _rows(path: Path, on_error: OnError) -> Iterator[tuple[int, list[str]]]:
     source = str(path)
     try:
         archive = zipfile.ZipFile(path)
     except FileNotFoundError:
-        raise DataError(source, None, "no such file") from None
+        on_error(UNREADABLE, DataError(source, None, "no such file"))
+        return
     except (zipfile.BadZipFile, OSError) as exc:
-        raise DataError(source, None, f"not a readable zip archive ({exc})") from None
+        on_error(UNREADABLE, DataError(source, None, f"not a readable zip archive ({exc})"))
+        return
     with archive:
         members = [m for m in archive.namelist() if not m.endswith("/")]
         if len(members) != 1:
-            raise DataError(source, None, f"expected exactly one CSV in the archive, found {len(members)}")
+            on_error(
+                UNREADABLE, DataError(source, None, f"expected exactly one CSV in the archive, found {len(members)}")
+            )
+            return
+        lineno = 0
         try:
             with archive.open(members[0]) as raw:
                 text = io.TextIOWrapper(raw, encoding="ascii", newline="")
@@ -77,29 +99,38 @@ def _rows(path: Path) -> Iterator[tuple[int, list[str]]]:
                     if line:
                         yield lineno, line.split(",")
         except (zipfile.BadZipFile, EOFError, UnicodeDecodeError, OSError) as exc:
-            raise DataError(
-                source, None, f"archive is corrupt or truncated ({type(exc).__name__}: {exc})"
-            ) from None
+            # No line number: a decompressor reads ahead, so the damage is not at a line we can name.
+            on_error(
+                TRUNCATED,
+                DataError(source, None, f"archive is corrupt or truncated ({type(exc).__name__}: {exc})"),
+            )
 
 
-def _read_quotes(path: Path, symbol: str, midnight_ns: int) -> Iterator[tuple[int, int, ExchangeQuote]]:
+def _read_quotes(
+    path: Path, symbol: str, midnight_ns: int, on_error: OnError = _raise
+) -> Iterator[tuple[int, int, ExchangeQuote]]:
     source = str(path)
     last = -1
-    for lineno, f in _rows(path):
+    for lineno, f in _rows(path, on_error):
         if len(f) != 8:
-            raise DataError(source, lineno, f"quote row has {len(f)} fields, expected 8")
+            on_error(BAD_ROW, DataError(source, lineno, f"quote row has {len(f)} fields, expected 8"))
+            continue
         try:
             ms = int(f[0])
             bid_px, bid_sz, ask_px, ask_sz = int(f[1]), int(f[2]), int(f[3]), int(f[4])
             suspicious = f[7] == "1"
         except ValueError as exc:
-            raise DataError(source, lineno, f"not an integer field ({exc})") from None
+            on_error(BAD_ROW, DataError(source, lineno, f"not an integer field ({exc})"))
+            continue
         if ms < last:
-            raise DataError(source, lineno, f"time goes backwards ({ms} ms after {last} ms)")
+            on_error(TIME_BACKWARDS, DataError(source, lineno, f"time goes backwards ({ms} ms after {last} ms)"))
+            continue
         if min(ms, bid_px, bid_sz, ask_px, ask_sz) < 0:
-            raise DataError(source, lineno, "negative time, price or size")
+            on_error(BAD_ROW, DataError(source, lineno, "negative time, price or size"))
+            continue
         if f[7] not in ("0", "1"):
-            raise DataError(source, lineno, f"suspicious flag must be 0 or 1, got {f[7]!r}")
+            on_error(BAD_ROW, DataError(source, lineno, f"suspicious flag must be 0 or 1, got {f[7]!r}"))
+            continue
         last = ms
         has_bid = bid_px > 0 or bid_sz > 0
         has_ask = ask_px > 0 or ask_sz > 0
@@ -123,22 +154,29 @@ def _read_quotes(path: Path, symbol: str, midnight_ns: int) -> Iterator[tuple[in
         )
 
 
-def _read_trades(path: Path, symbol: str, midnight_ns: int) -> Iterator[tuple[int, int, TradeTick]]:
+def _read_trades(
+    path: Path, symbol: str, midnight_ns: int, on_error: OnError = _raise
+) -> Iterator[tuple[int, int, TradeTick]]:
     source = str(path)
     last = -1
-    for lineno, f in _rows(path):
+    for lineno, f in _rows(path, on_error):
         if len(f) != 6:
-            raise DataError(source, lineno, f"trade row has {len(f)} fields, expected 6")
+            on_error(BAD_ROW, DataError(source, lineno, f"trade row has {len(f)} fields, expected 6"))
+            continue
         try:
             ms, price, size = int(f[0]), int(f[1]), int(f[2])
         except ValueError as exc:
-            raise DataError(source, lineno, f"not an integer field ({exc})") from None
+            on_error(BAD_ROW, DataError(source, lineno, f"not an integer field ({exc})"))
+            continue
         if ms < last:
-            raise DataError(source, lineno, f"time goes backwards ({ms} ms after {last} ms)")
+            on_error(TIME_BACKWARDS, DataError(source, lineno, f"time goes backwards ({ms} ms after {last} ms)"))
+            continue
         if price <= 0 or size < 0:
-            raise DataError(source, lineno, "trade price must be positive and size not negative")
+            on_error(BAD_ROW, DataError(source, lineno, "trade price must be positive and size not negative"))
+            continue
         if f[5] not in ("0", "1"):
-            raise DataError(source, lineno, f"suspicious flag must be 0 or 1, got {f[5]!r}")
+            on_error(BAD_ROW, DataError(source, lineno, f"suspicious flag must be 0 or 1, got {f[5]!r}"))
+            continue
         last = ms
         ts = midnight_ns + ms * 1_000_000
         yield (
@@ -157,28 +195,38 @@ def _read_trades(path: Path, symbol: str, midnight_ns: int) -> Iterator[tuple[in
         )
 
 
-def read_events(paths: Sequence[Path], symbol: str | None = None) -> Iterator[Tick]:
-    """All ticks of ``paths`` in time order (quotes before trades at equal times)."""
+def read_events(paths: Sequence[Path], symbol: str | None = None, on_error: OnError | None = None) -> Iterator[Tick]:
+    """All ticks of ``paths`` in time order (quotes before trades at equal times).
+
+    Without ``on_error`` the first bad row or file raises; with it, each is reported and skipped.
+    """
+    report = on_error or _raise
     streams: list[Iterator[tuple[int, int, Tick]]] = []
     for path in paths:
         match = _NAME.match(path.name)
         if match is None:
-            raise DataError(
-                str(path), None, "not a LEAN tick file (expected YYYYMMDD_quote.zip or YYYYMMDD_trade.zip)"
+            report(
+                UNREADABLE,
+                DataError(str(path), None, "not a LEAN tick file (expected YYYYMMDD_quote.zip or YYYYMMDD_trade.zip)"),
             )
+            continue
         sym = symbol_for(path, symbol)
-        midnight = _midnight_ns(match["date"], str(path))
+        try:
+            midnight = _midnight_ns(match["date"], str(path))
+        except DataError as exc:
+            report(UNREADABLE, exc)
+            continue
         reader = _read_quotes if match["kind"] == "quote" else _read_trades
-        streams.append(reader(path, sym, midnight))
+        streams.append(reader(path, sym, midnight, report))
     for _, _, tick in heapq.merge(*streams, key=lambda item: (item[0], item[1])):
         yield tick
 
 
 async def read_batches(
-    paths: Sequence[Path], symbol: str | None = None, batch_size: int = 4096
+    paths: Sequence[Path], symbol: str | None = None, batch_size: int = 4096, on_error: OnError | None = None
 ) -> AsyncIterator[list[Tick]]:
     """:func:`read_events` in batches, each read in a worker thread."""
-    events = read_events(paths, symbol)
+    events = read_events(paths, symbol, on_error)
 
     def next_batch() -> list[Tick]:
         batch: list[Tick] = []

@@ -42,7 +42,7 @@ from adapters.alpaca_sim.cli import SimulatorConfig, start_simulator
 from adapters.alpaca_sim.events import SimQuote
 from engine.clock import LiveClock
 from engine.logs import configure_logging
-from engine.messages import ExchangeQuote, TradeTick
+from engine.messages import ExchangeQuote, SymbolTradingStatus, TradeTick
 from engine.secrets import Secret
 
 SYMBOL: Final = "BENCH"
@@ -134,7 +134,7 @@ async def run(kills: int, gap_s: float, rate: int, progress: bool) -> dict[str, 
     hub = sim.hub
     sink: list[Any] = []
 
-    async def forward(event: ExchangeQuote | TradeTick) -> None:
+    async def forward(event: ExchangeQuote | TradeTick | SymbolTradingStatus) -> None:
         await sink[0](event)
 
     data = WatchedDataStream(

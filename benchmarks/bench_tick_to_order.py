@@ -77,6 +77,7 @@ from engine.messages import (
     OrderType,
     Side,
     SubmitOrder,
+    SymbolTradingStatus,
     TradeTick,
     TradingState,
 )
@@ -165,7 +166,7 @@ class TimedFeedActor(AlpacaFeedActor):
         async with asyncio.timeout(self.subscribe_timeout_s):
             await self.stream.subscribed.wait()
 
-    async def _publish(self, event: ExchangeQuote | TradeTick) -> None:
+    async def _publish(self, event: ExchangeQuote | TradeTick | SymbolTradingStatus) -> None:
         if type(event) is ExchangeQuote and event.bid_size is not None:
             REC.frame[int(event.bid_size)] = self.stream.frame_ns  # type: ignore[attr-defined]
         await super()._publish(event)

@@ -70,6 +70,14 @@ class StrategySection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class RiskSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_order_qty: Decimal = Decimal(500)
     max_order_notional: Decimal = Decimal(100_000)
+    extended_hours: bool = False
+    """Allow orders in pre- and post-market sessions (then only day limit orders, as Alpaca requires)."""
+    default_calendar: str | None = None
+    """The market calendar of symbols not in ``calendars`` (an exchange_calendars name such as
+    ``XNYS``, or ``24/7``). Unset: ``24/7`` against the simulator, whose market is open whenever it
+    plays, and ``XNYS`` against Alpaca; replays of recorded equity days use ``XNYS``."""
+    calendars: dict[str, str] = msgspec.field(default_factory=dict)
+    """Per symbol or pattern (``*USDT``): its calendar. SYNTH and ``*USDT`` are ``24/7`` by default."""
 
     def __post_init__(self) -> None:
         if self.max_order_qty <= 0:
@@ -122,6 +130,8 @@ class VenueSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     url: str | None = None
     """A running simulator's ``http://HOST:PORT`` (``kestrel venue``); empty = start one in-process."""
     data_feed: Literal["iex", "sip"] = "iex"
+    data_statuses: bool = False
+    """Subscribe to trading status (halts) and LULD bands on the market data stream."""
     rate_limit_per_minute: int = 200
     starting_cash: Decimal = Decimal(100_000)
     fee_per_share: Decimal = Decimal(0)

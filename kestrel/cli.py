@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime as dt
 import os
 import sys
@@ -20,6 +21,7 @@ from typing import Any, Final, NoReturn
 import msgspec
 
 from adapters.alpaca_sim.cli import default_key_id, default_secret_key, serve
+from adapters.replay_sources import FILE_FORMATS
 from engine import crashpoints
 from engine.config import Config, check_live_confirmation, load_config, load_credentials, render_config
 from engine.errors import SupervisorGaveUp, UserError
@@ -27,7 +29,7 @@ from engine.journal import JournalError
 from engine.logs import configure_logging, console_for_stderr, get_logger, shutdown_logging
 from engine.secrets import scrub
 from kestrel import journal_cli
-from kestrel.node import SessionOptions, SessionSummary, run_live_session, run_replay_session
+from kestrel.node import RecordPlan, SessionOptions, SessionSummary, run_live_session, run_recorder, run_replay_session
 
 EXIT_USER_ERROR: Final = 2
 EXIT_GAVE_UP: Final = 3
@@ -52,6 +54,16 @@ def _speed(value: str) -> float | None:
     return speed
 
 
+def _count(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value!r}")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="kestrel", description="Kestrel: an actor-based trading engine that never loses an order.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -73,6 +85,31 @@ def build_parser() -> argparse.ArgumentParser:
             help="write-ahead order journal (overrides [journal] path); an existing one is recovered from",
         )
     run.add_argument("--venue-url", help="trade against a running simulator (kestrel venue) at this http://HOST:PORT")
+    replay.add_argument(
+        "files", nargs="*", type=Path, metavar="FILE",
+        help="recordings to replay, merged by receive time (default: [data] files, else the bundled day)",
+    )
+    replay.add_argument(
+        "--format", dest="input_format", default="auto", choices=["auto", *FILE_FORMATS],
+        help="format of FILE (default: auto, detected per file)",
+    )
+    replay.add_argument("--seed", type=int, help="overrides [engine] seed (and seeds --synthetic)")
+    replay.add_argument("--synthetic", type=_count, metavar="N", help="replay N quotes of the seeded random walk")
+    replay.add_argument(
+        "--strict", action="store_true", help="stop at the first bad input line (default: count it and go on)"
+    )
+
+    record = commands.add_parser("record", help="record live market-data frames as they arrive (gzip, rotating)")
+    record.add_argument("--provider", choices=["alpaca", "binance"], default="binance")
+    record.add_argument("--symbols", nargs="+", default=None, metavar="SYMBOL", help="symbols to subscribe")
+    record.add_argument("--out", type=Path, default=Path("recordings"), metavar="DIR", help="(default: recordings)")
+    record.add_argument("--rotate-mb", type=float, default=None, metavar="N", help="start a new file after N MB")
+    record.add_argument("--rotate-s", type=float, default=None, metavar="S", help="start a new file every S seconds")
+    record.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
+    record.add_argument("--venue-url", help="market-data websocket URL (default: the provider's public endpoint)")
+    record.add_argument("--config", type=Path, help="TOML config file (credentials for Alpaca)")
+    record.add_argument("--profile", help="apply [profiles.NAME] from the config")
+    record.add_argument("--log", type=Path, help="JSON log file (default: none)")
 
     venue = commands.add_parser("venue", help="run the Alpaca venue simulator")
     venue.add_argument("--host", default="127.0.0.1")
@@ -144,6 +181,16 @@ def _print_summary(summary: SessionSummary) -> None:
         f"  trading        {summary.trading_state} ({summary.trading_reason})\n"
         f"  journal        {summary.journal or 'none (in memory only)'}\n"
     )
+    if summary.event_log_sha256 is not None:
+        out.write(f"  event log      sha256 {summary.event_log_sha256}\n")
+    if summary.journal_sha256 is not None:
+        out.write(f"  journal events sha256 {summary.journal_sha256}\n")
+    if summary.input_errors:
+        counts = ", ".join(f"{kind} {n:,}" for kind, n in summary.input_errors.items())
+        out.write(f"  bad input      {counts} (skipped)\n")
+        for sample in summary.input_error_samples[:5]:
+            where = f"{sample.file}:{sample.line}" if sample.line is not None else sample.file
+            out.write(f"                 {where}: {sample.error}\n")
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
@@ -207,6 +254,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         venue_url=getattr(args, "venue_url", None),
         journal=args.journal,
     )
+    if args.command == "replay":
+        if args.synthetic is not None and args.files:
+            raise UserError("--synthetic replays the random walk: give either FILE... or --synthetic, not both")
+        if args.seed is not None:
+            config = msgspec.structs.replace(config, engine=msgspec.structs.replace(config.engine, seed=args.seed))
+        options = dataclasses.replace(
+            options,
+            inputs=tuple(args.files),
+            input_format=args.input_format,
+            synthetic=args.synthetic,
+            strict=args.strict,
+        )
     with asyncio.Runner(loop_factory=_new_loop) as runner:
         if args.command == "replay":
             summary = runner.run(run_replay_session(config, options))
@@ -218,6 +277,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         sys.stdout.write(msgspec.json.encode(summary).decode() + "\n")
     else:
         _print_summary(summary)
+    return 0
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    configure_logging(args.log, "info", console_for_stderr())
+    rotate_bytes = round(args.rotate_mb * 1_000_000) if args.rotate_mb is not None else None
+    plan = RecordPlan(
+        provider=args.provider,
+        symbols=[s.upper() for s in args.symbols] if args.symbols else None,
+        out=args.out,
+        rotate_bytes=rotate_bytes,
+        rotate_s=args.rotate_s,
+        duration_s=args.duration,
+        url=args.venue_url,
+    )
+    with asyncio.Runner(loop_factory=_new_loop) as runner:
+        result = runner.run(run_recorder(plan))
+    sys.stdout.write(msgspec.json.encode(result).decode() + "\n")
     return 0
 
 
@@ -236,6 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "run": cmd_run,
         "replay": cmd_run,
         "venue": cmd_venue,
+        "record": cmd_record,
         "check-config": cmd_check_config,
         "journal": _cmd_journal,
     }

@@ -20,17 +20,19 @@ intent can pass risk. Only then does the feed (replay) start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import random
 import signal
-from collections.abc import Callable
+from collections.abc import AsyncIterable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
 from actors.order_manager import OrderManagerActor
-from actors.pricing import PricingActor
+from actors.pricing import PricingActor, PricingPolicy
 from actors.risk import RiskActor
 from actors.settlement import SettlementActor
 from actors.strategies import STRATEGIES
@@ -40,13 +42,22 @@ from adapters.alpaca.feed import AlpacaFeedActor
 from adapters.alpaca.rest import RestSettings
 from adapters.alpaca.venue import AlpacaVenueActor
 from adapters.alpaca_sim.cli import RunningSimulator, SimulatorConfig, start_simulator
-from adapters.lean_ticks import read_batches, symbol_for
+from adapters.lean_ticks import symbol_for
+from adapters.replay_sources import (
+    LEAN_TICKS,
+    InputErrors,
+    InputErrorSample,
+    ReplayInput,
+    file_batches,
+    resolve_inputs,
+    synthetic_batches,
+)
 from adapters.sim_venue import SimulatedVenue
 from engine import topics
-from engine.bus import Bus
+from engine.bus import Bus, Request
 from engine.clock import NS_PER_S, LiveClock, SimClock, perf_ns
 from engine.config import Config, Credentials
-from engine.errors import ConfigError
+from engine.errors import ConfigError, UserError
 from engine.journal import Durability, Journal
 from engine.logs import get_logger, set_log_clock
 from engine.mailbox import Policy, conflate_by
@@ -60,11 +71,14 @@ from engine.messages import (
     StatsQuery,
     TradingState,
 )
-from engine.replay import Pacer, ReplayResult, replay
+from engine.recording import RecordingWriter
+from engine.replay import Pacer, Recorded, ReplayResult, replay
 from engine.secrets import Secret
 from engine.supervisor import ActorSpec, Supervisor, SupervisorSpec
 from engine.supervisor import Strategy as SupervisionStrategy
 from simulations.sample_data import SAMPLE_FILES
+from simulations.synthetic import SYMBOL as SYNTHETIC_SYMBOL
+from simulations.synthetic import random_walk_quotes
 
 ALPACA_PAPER_URL = "https://paper-api.alpaca.markets"
 ALPACA_LIVE_URL = "https://api.alpaca.markets"
@@ -107,6 +121,15 @@ class SessionSummary(msgspec.Struct, kw_only=True):
     """Where risk left trading: ``active``, or ``halted`` with ``trading_reason``."""
     trading_reason: str = ""
     recovery: RecoveryReport | None = None
+    event_log_sha256: str | None = None
+    """sha256 over every message published or sent on the bus from start-up to the end of the
+    replay (replay only): equal for equal input, config and seed."""
+    journal_sha256: str | None = None
+    """sha256 over the journal's events (seq, time, record) read back after close; None without one."""
+    input_errors: dict[str, int] = msgspec.field(default_factory=dict)
+    """Bad input skipped during a replay, counted by kind (``malformed_line``, ``truncated_gzip`` …)."""
+    input_error_samples: list[InputErrorSample] = msgspec.field(default_factory=list)
+    """The first few of them, with file and line."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +147,74 @@ class SessionOptions:
     journal: Path | None = None
     """Overrides ``[journal] path``."""
     recovery_timeout_s: float = 60.0
+    inputs: tuple[Path, ...] = ()
+    """Replay these files instead of ``[data] files`` (any format, merged by receive time)."""
+    input_format: str = "auto"
+    """Format of ``inputs``: ``auto`` (detected per file), ``kestrel``, ``binance-capture``, ``lean-ticks``."""
+    synthetic: int | None = None
+    """Replay this many quotes of the seeded random walk (simulations/synthetic.py) instead of files."""
+    strict: bool = False
+    """The first bad input line stops the replay (a DataError) instead of being counted and skipped."""
+    batch_size: int = 4096
+
+
+class EventLogBus(Bus):
+    """A bus that also hashes every message it carries: the replay's event log, as a digest.
+
+    Requests are sent, not published, so :meth:`publish`, :meth:`send` and :meth:`request`
+    are all tapped: each message is hashed with how it travelled and where to. Replies
+    travel in futures, not on the bus; they are the requester's next messages' cause, so
+    they still show in the log. Only replay uses
+    this bus: under :class:`SimClock` every timestamp in a message is simulated time, so
+    the digest depends on the input, the config and the seed, never on the machine.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tapping = True
+        self.messages = 0
+        self._digest = hashlib.sha256()
+        self._encode = msgspec.json.Encoder(enc_hook=_opaque).encode
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()
+
+    async def publish(self, topic: str, message: object) -> None:
+        if self.tapping:
+            self._log("publish", topic, message)
+        await super().publish(topic, message)
+
+    async def send(self, address: str, message: object) -> None:
+        # A Request here came through request() (logged there), where the base bus sends it.
+        if self.tapping and type(message) is not Request:
+            self._log("send", address, message)
+        await super().send(address, message)
+
+    async def request(self, address: str, message: object, timeout_s: float = 5.0) -> Any:
+        if self.tapping:
+            self._log("request", address, message)
+        return await super().request(address, message, timeout_s)
+
+    def _log(self, how: str, where: str, message: object) -> None:
+        self.messages += 1
+        self._digest.update(self._encode((how, where, message)))
+        self._digest.update(b"\n")
+
+
+def _opaque(value: object) -> str:
+    """A message msgspec cannot encode is logged by its type: deterministic, unlike its repr."""
+    return f"<{type(value).__module__}.{type(value).__qualname__}>"
+
+
+async def journal_digest(path: Path, clock: LiveClock | SimClock) -> str:
+    """sha256 of a closed journal's events (seq, ts, record), not of its file: SQLite pages are not reproducible."""
+    digest = hashlib.sha256()
+    encode = msgspec.json.Encoder().encode
+    async with await Journal.open_readonly(path, clock) as reader:
+        async for entry in reader.read():
+            digest.update(encode(entry))
+            digest.update(b"\n")
+    return digest.hexdigest()
 
 
 def strategy_factory(config: Config, name: str) -> Callable[[], Strategy]:
@@ -153,9 +244,42 @@ def order_manager(config: Config, journal: Journal | None) -> ActorSpec:
     )
 
 
-def risk(config: Config, market_data: dict[type, Policy]) -> ActorSpec:
-    # Nothing trades until recovery has reconciled the journal with the venue.
-    return ActorSpec(RISK, lambda: RiskActor(config.risk, TradingState.RECOVERING), policies=market_data)
+def risk(config: Config, market_data: dict[type, Policy], *, default_calendar: str | None = None) -> ActorSpec:
+    """The risk actor's spec. Nothing trades until recovery has reconciled the journal with the venue.
+
+    Market sessions: equities follow the NYSE calendar (``XNYS``) against Alpaca. A
+    simulator venue's market is open whenever it plays its recording, and the embedded
+    simulator stamps what it plays with the wall clock, so gating it by the NYSE calendar
+    would shut the demo at night and on weekends: with ``venue.kind = "simulator"`` the
+    default is ``"24/7"``. A replay under the SimClock (recorded time) may pass
+    ``default_calendar="XNYS"`` to gate by the real sessions of the recorded day.
+    """
+    limits = config.risk
+    calendar = limits.default_calendar or default_calendar or ("24/7" if config.venue.kind == "simulator" else "XNYS")
+    return ActorSpec(
+        RISK,
+        lambda: RiskActor(
+            limits,
+            TradingState.RECOVERING,
+            calendars=limits.calendars,
+            default_calendar=calendar,
+            extended_hours=limits.extended_hours,
+        ),
+        policies=market_data,
+    )
+
+
+def pricing_policy(config: Config) -> PricingPolicy:
+    section = config.pricing
+    return PricingPolicy(
+        sla_s=section.sla_s,
+        symbol_sla_s=dict(section.symbol_sla_s),
+        feed_silence_s=section.feed_silence_s,
+        providers={symbol: (pair[0], pair[1]) for symbol, pair in section.providers.items()},
+        failback_s=section.failback_s,
+        outlier_pct=section.outlier_pct,
+        outlier_confirmations=section.outlier_confirmations,
+    )
 
 
 def session_tree(
@@ -163,15 +287,18 @@ def session_tree(
 ) -> SupervisorSpec:
     by_symbol = conflate_by(lambda m: m.symbol)
     market_data: dict[type, Policy] = {BestBidOffer: by_symbol}
+    policy = pricing_policy(config)
     return SupervisorSpec(
         "root",
         [
             order_manager(config, journal),
             ActorSpec(SETTLEMENT, lambda: SettlementActor(config.venue.starting_cash, ORDER_MANAGER)),
             ActorSpec(VENUE, lambda: SimulatedVenue(config.venue.fee_per_share)),
-            risk(config, market_data),
+            # Replays play recorded time: equity days are gated by the NYSE calendar they were
+            # recorded on (crypto and the synthetic symbol are 24/7 whatever the default).
+            risk(config, market_data, default_calendar="XNYS"),
             ActorSpec(STRATEGY, lambda: StrategyActor(build_strategy, SETTLEMENT, boot)),
-            ActorSpec(PRICING, PricingActor),
+            ActorSpec(PRICING, lambda: PricingActor(policy)),
         ],
         strategy=SupervisionStrategy.ONE_FOR_ONE,
         max_restarts=5,
@@ -213,21 +340,40 @@ def data_files(config: Config) -> list[Path]:
 
 
 async def run_replay_session(config: Config, options: SessionOptions) -> SessionSummary:
-    """Replay the configured recording through the full actor set; return the summary."""
+    """Replay the configured recording through the full actor set; return the summary.
+
+    The input is, in order of precedence: ``options.synthetic`` quotes of the seeded
+    random walk, ``options.inputs`` (any supported format, merged by receive time), or
+    ``[data] files`` (LEAN ticks; default: the bundled sample day).
+    """
     log = get_logger(actor="node")
     strategy_name = options.strategy or config.strategy.name
     build_strategy = strategy_factory(config, strategy_name)
-    files = data_files(config)
+    errors = InputErrors(strict=options.strict)
+    inputs: list[ReplayInput] = []
+    if options.synthetic is None:
+        if options.inputs:
+            inputs = await asyncio.to_thread(resolve_inputs, options.inputs, options.input_format)
+        else:
+            inputs = [ReplayInput(f, LEAN_TICKS) for f in data_files(config)]
+    files = [i.path for i in inputs]
     clock = SimClock()
     set_log_clock(clock)
-    bus = Bus()
+    bus = EventLogBus()
     journal = await open_journal(config, options, clock)
     boot = await count_boot(journal)
     root = Supervisor(
         session_tree(config, build_strategy, journal, boot), bus, clock, random.Random(config.engine.seed)
     )
     pacer = Pacer(options.speed, LiveClock()) if options.speed is not None else None
-    log.info("session_starting", strategy=strategy_name, seed=config.engine.seed, files=[str(f) for f in files])
+    log.info(
+        "session_starting",
+        strategy=strategy_name,
+        seed=config.engine.seed,
+        files=[str(f) for f in files],
+        formats=sorted({i.format for i in inputs}),
+        synthetic=options.synthetic,
+    )
 
     started = perf_ns()
     root_task = asyncio.create_task(root.run(), name="root-supervisor")
@@ -236,9 +382,15 @@ async def run_replay_session(config: Config, options: SessionOptions) -> Session
         if root_task.done():
             await root_task  # raises why it could not start
         report = await recover(bus, root_task, options.recovery_timeout_s)
-        feed_task = asyncio.create_task(
-            replay(read_batches(files, config.data.symbol), clock, bus, topics.MD_RAW, pacer, options.progress)
-        )
+        batches: AsyncIterable[Sequence[Recorded]]
+        if options.synthetic is not None:
+            if options.synthetic < 0:
+                raise UserError(f"--synthetic needs a count >= 0, got {options.synthetic}")
+            quotes = random_walk_quotes(options.synthetic, config.engine.seed)
+            batches = synthetic_batches(quotes, SYNTHETIC_SYMBOL, options.batch_size)
+        else:
+            batches = file_batches(inputs, errors, config.data.symbol, batch_size=options.batch_size)
+        feed_task = asyncio.create_task(replay(batches, clock, bus, topics.MD_RAW, pacer, options.progress))
         await asyncio.wait([feed_task, root_task], return_when=asyncio.FIRST_COMPLETED)
         if root_task.done():
             feed_task.cancel()
@@ -246,17 +398,28 @@ async def run_replay_session(config: Config, options: SessionOptions) -> Session
             await root_task  # the supervisor gave up: raise its SupervisorGaveUp
         result = await feed_task
         await bus.idle()
+        bus.tapping = False  # the summary's own queries are not part of the replay
         wall_s = (perf_ns() - started) / NS_PER_S
         summary = await _summarise(
             bus, root, config, strategy_name, files, result, wall_s, report=report, journal=journal
         )
+        summary.event_log_sha256 = bus.hexdigest()
+        summary.input_errors = dict(sorted(errors.counts.items()))
+        summary.input_error_samples = list(errors.samples)
     finally:
         root_task.cancel()
         await asyncio.gather(root_task, return_exceptions=True)
         if journal is not None:
             await journal.close()
         set_log_clock(None)
-    log.info("session_finished", **{k: v for k, v in msgspec.to_builtins(summary).items() if k != "data_files"})
+    if journal is not None:
+        summary.journal_sha256 = await journal_digest(journal.path, clock)
+    if errors.total:
+        log.warning("replay_input_errors", counts=summary.input_errors, first=str(errors.samples[0].file))
+    log.info(
+        "session_finished",
+        **{k: v for k, v in msgspec.to_builtins(summary).items() if k not in ("data_files", "input_error_samples")},
+    )
     return summary
 
 
@@ -323,6 +486,7 @@ def live_tree(
     by_symbol = conflate_by(lambda m: m.symbol)
     market_data: dict[type, Policy] = {BestBidOffer: by_symbol}
     rest = RestSettings(rate_per_minute=config.venue.rate_limit_per_minute)
+    policy = pricing_policy(config)
     return SupervisorSpec(
         "root",
         [
@@ -331,8 +495,17 @@ def live_tree(
             ActorSpec(VENUE, lambda: AlpacaVenueActor(venue_url, credentials.key_id, credentials.secret_key, rest)),
             risk(config, market_data),
             ActorSpec(STRATEGY, lambda: StrategyActor(build_strategy, SETTLEMENT, boot)),
-            ActorSpec(PRICING, PricingActor),
-            ActorSpec(FEED, lambda: AlpacaFeedActor(data_url, credentials.key_id, credentials.secret_key, symbols)),
+            ActorSpec(PRICING, lambda: PricingActor(policy)),
+            ActorSpec(
+                FEED,
+                lambda: AlpacaFeedActor(
+                    data_url,
+                    credentials.key_id,
+                    credentials.secret_key,
+                    symbols,
+                    statuses=config.venue.data_statuses,
+                ),
+            ),
         ],
         strategy=SupervisionStrategy.ONE_FOR_ONE,
         max_restarts=5,
@@ -443,6 +616,116 @@ async def run_live_session(config: Config, options: SessionOptions, credentials:
             await simulator.stop()
     log.info("live_session_finished", ticks=summary.ticks, orders=summary.orders, fills=summary.fills)
     return summary
+
+
+# ---------------------------------------------------------------- recording
+
+
+@dataclass(frozen=True)
+class RecordPlan:
+    provider: str
+    """``binance`` or ``alpaca``."""
+    symbols: list[str] | None
+    out: Path
+    rotate_bytes: int | None = None
+    rotate_s: float | None = None
+    duration_s: float | None = None
+    """None: until SIGINT / SIGTERM."""
+    url: str | None = None
+
+
+class RecordResult(msgspec.Struct, kw_only=True):
+    """What ``kestrel record`` prints when it stops."""
+
+    provider: str
+    frames: int
+    written: int
+    dropped: int
+    files: list[str]
+    bytes: int
+    wall_s: float
+
+
+class MarketDataClient(Protocol):
+    async def run(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+FrameHook = Callable[[int, str, bytes | str], None]
+
+
+def _frame_hook(writer: RecordingWriter) -> FrameHook:
+    """The ``on_frame`` hook a live market-data client calls with every frame it receives.
+
+    Binance sends only text frames: a client handing them over as bytes still gets them
+    recorded as text (readable, and replayed as the text they were).
+    """
+
+    def on_frame(ts_recv_ns: int, provider: str, raw: bytes | str) -> None:
+        if isinstance(raw, bytes) and provider.startswith("binance"):
+            with contextlib.suppress(UnicodeDecodeError):  # not text after all: recorded as binary, byte for byte
+                raw = raw.decode()
+        writer.offer(ts_recv_ns, provider, raw)
+
+    return on_frame
+
+
+def market_data_client(plan: RecordPlan, clock: LiveClock, on_frame: FrameHook) -> MarketDataClient:
+    """The live client of ``plan.provider`` with its raw-frame hook wired to the recorder."""
+    if plan.provider == "alpaca":
+        # AlpacaDataStream has the on_frame hook; the recorder does not yet load credentials or
+        # derive the data stream URL, so this is refused rather than half done.
+        raise UserError("kestrel record --provider alpaca is not wired yet (record Binance; Alpaca recordings replay)")
+    # Imported here: replaying or trading on Alpaca must not depend on the Binance client.
+    from adapters.binance.stream import BinanceMarketData
+
+    async def discard(_: object) -> None:
+        """The recorder wants frames, not decoded messages."""
+
+    kwargs: dict[str, Any] = {"on_frame": on_frame}
+    if plan.url is not None:
+        kwargs["base_ws"] = plan.url
+    return BinanceMarketData(plan.symbols or ["BTCUSDT"], clock, random.Random(), discard, **kwargs)
+
+
+async def run_recorder(plan: RecordPlan, client_factory: Callable[..., MarketDataClient] | None = None) -> RecordResult:
+    """Record every frame the live client receives until ``duration_s`` or a signal; return the totals."""
+    log = get_logger(actor="recorder")
+    clock = LiveClock()
+    await asyncio.to_thread(plan.out.mkdir, parents=True, exist_ok=True)
+    writer = RecordingWriter(
+        plan.out, clock, prefix=plan.provider, rotate_bytes=plan.rotate_bytes, rotate_s=plan.rotate_s
+    )
+    client = (client_factory or market_data_client)(plan, clock, _frame_hook(writer))
+    stop = _StopSignals()
+    started = perf_ns()
+    log.info("recording_started", provider=plan.provider, out=str(plan.out), symbols=plan.symbols)
+    client_task = asyncio.create_task(client.run(), name="recorder-client")
+    try:
+        stopper = asyncio.ensure_future(stop.requested.wait())
+        await asyncio.wait([stopper, client_task], timeout=plan.duration_s, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        await client.stop()
+        if client_task.done():
+            await client_task  # a permanent refusal (bad keys …) is the user's to see
+    finally:
+        stop.remove()
+        client_task.cancel()
+        await asyncio.gather(client_task, return_exceptions=True)
+        await writer.close()
+    stats = writer.stats
+    result = RecordResult(
+        provider=plan.provider,
+        frames=stats.frames,
+        written=stats.written,
+        dropped=stats.dropped,
+        files=[str(p) for p in writer.paths],
+        bytes=stats.bytes,
+        wall_s=round((perf_ns() - started) / NS_PER_S, 3),
+    )
+    log.info("recording_finished", **msgspec.to_builtins(result))
+    return result
 
 
 async def _first_of(waiter: asyncio.Future[Any], root_task: asyncio.Task[None]) -> None:

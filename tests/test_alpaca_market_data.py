@@ -41,7 +41,7 @@ from adapters.alpaca_sim.events import SimQuote, SimTrade
 from adapters.alpaca_sim.market_data import MarketDataHub, msgpack_timestamp
 from engine.clock import LiveClock, perf_ns
 from engine.logs import configure_logging
-from engine.messages import ExchangeQuote, TradeTick
+from engine.messages import ExchangeQuote, SymbolTradingStatus, TradeTick
 from engine.secrets import Secret
 
 KEY, SECRET = "PKTESTKEY01", "test-secret-0123456789"
@@ -447,10 +447,10 @@ class Collector:
     """The client's sink: keeps everything, wakes waiters."""
 
     def __init__(self) -> None:
-        self.items: list[ExchangeQuote | TradeTick] = []
+        self.items: list[ExchangeQuote | TradeTick | SymbolTradingStatus] = []
         self.changed = asyncio.Event()
 
-    async def __call__(self, item: ExchangeQuote | TradeTick) -> None:
+    async def __call__(self, item: ExchangeQuote | TradeTick | SymbolTradingStatus) -> None:
         self.items.append(item)
         self.changed.set()
 
@@ -615,9 +615,9 @@ async def test_client_stop_while_backing_off_and_cancellation() -> None:
 
 async def test_client_stop_from_inside_the_sink() -> None:
     async with hub_server() as (hub, port):
-        stopped: list[ExchangeQuote | TradeTick] = []
+        stopped: list[ExchangeQuote | TradeTick | SymbolTradingStatus] = []
 
-        async def sink(item: ExchangeQuote | TradeTick) -> None:
+        async def sink(item: ExchangeQuote | TradeTick | SymbolTradingStatus) -> None:
             stopped.append(item)
             await client.stop()
 

@@ -135,8 +135,12 @@ def test_a_corrupt_recording_row_names_file_and_line(tmp_path: Path) -> None:
     )
     config = tmp_path / "k.toml"
     config.write_text(f'[data]\nfiles = ["{quotes}"]\n')
-    done = kestrel("replay", "--config", str(config), "--log", str(tmp_path / "l.jsonl"))
+    done = kestrel("replay", "--strict", "--config", str(config), "--log", str(tmp_path / "l.jsonl"))
     _assert_user_error(done, f"{quotes}:3: not an integer field")
+    # Without --strict the row is counted, named and skipped (tests/test_replay_cli.py).
+    done = kestrel("replay", "--json", "--config", str(config), "--log", str(tmp_path / "l.jsonl"))
+    assert done.returncode == 0, done.stderr
+    assert orjson.loads(done.stdout)["input_errors"] == {"bad_row": 1}
 
 
 def test_live_mode_is_refused_without_confirmation(tmp_path: Path) -> None:

@@ -105,7 +105,9 @@ class Session:
                 ActorSpec("watcher", lambda: self.watcher),
                 ActorSpec("order-manager", lambda: OrderManagerActor("run")),
                 ActorSpec("venue", lambda: self.venue, shutdown_timeout_s=3.0),
-                ActorSpec("risk", lambda: RiskActor(limits)),
+                # Wall-clock time: an always-open calendar, so the NYSE session gate does not
+                # refuse these orders at night or on weekends (it is not what is tested here).
+                ActorSpec("risk", lambda: RiskActor(limits, default_calendar="24/7")),
             ],
         )
         self.root = Supervisor(spec, self.bus, LiveClock(), random.Random(11))

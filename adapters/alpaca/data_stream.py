@@ -16,8 +16,17 @@ Model (``shared/protocols/alpaca.md`` §3):
   :class:`~engine.messages.TradeTick`. ``provider`` is ``alpaca-<feed>`` (the last path
   segment of the URL), ``ts_event`` the message's ``t`` in ns, ``ts_recv`` the clock's
   time when the frame arrived. ``suspicious`` is always False (Alpaca filters its feed;
-  conditions are not interpreted). Other message types (bars, statuses, corrections …)
-  are counted as ignored.
+  conditions are not interpreted). Each ``s`` (trading status) and ``l`` (LULD bands)
+  becomes a :class:`~engine.messages.SymbolTradingStatus`: ``halted`` from the status
+  code (:data:`HALTED_CODES` / :data:`TRADING_CODES`; other codes — imbalances, price
+  indications, short-sale restriction — leave it ``None``, i.e. no change), bands from
+  ``d``/``u`` as Decimals. Statuses and LULD are subscribed only with ``statuses=True``
+  (they are a separate subscription, not on every plan/feed). Other message types (bars,
+  corrections …) are counted as ignored.
+- Recording and replay: ``on_frame(ts_recv_ns, provider, raw_bytes)`` is called for
+  every frame received, before it is decoded (text frames as their UTF-8 bytes);
+  :func:`decode_frame` turns such a frame back into the same engine messages, so a replay
+  goes through the same decoders as the live session.
 - Numbers: Alpaca sends prices as JSON / MessagePack numbers. JSON numbers are decoded
   straight from their text into :class:`~decimal.Decimal`, exactly. MessagePack prices
   are IEEE float64 on the wire; they become the Decimal of the float's shortest repr
@@ -66,7 +75,7 @@ from engine.backoff import DecorrelatedJitter
 from engine.clock import Clock
 from engine.errors import KestrelError, UserError
 from engine.logs import get_logger
-from engine.messages import ExchangeQuote, TradeTick
+from engine.messages import ExchangeQuote, SymbolTradingStatus, TradeTick
 from engine.secrets import Secret
 
 MSGPACK_CONTENT_TYPE: Final = "application/msgpack"
@@ -79,8 +88,17 @@ AUTH_CODES: Final = frozenset({401, 402})
 PERMANENT_CODES: Final = frozenset({400, 403, 405, 408, 409, 410, 411})
 CONNECTION_LIMIT_CODE: Final = 406
 
-MarketEvent = ExchangeQuote | TradeTick
+HALTED_CODES: Final = frozenset({"2", "H", "P"})
+"""Status codes that halt trading: CTA ``2`` trading halt; UTP ``H`` trading halt, ``P``
+volatility trading pause. UTP ``Q`` (quotation resumption) re-opens quoting only, so it
+leaves ``halted`` as it was."""
+TRADING_CODES: Final = frozenset({"3", "T"})
+"""Status codes that resume trading: CTA ``3`` resume; UTP ``T`` trading resumption."""
+
+MarketEvent = ExchangeQuote | TradeTick | SymbolTradingStatus
 Sink = Callable[[MarketEvent], Awaitable[None]]
+FrameHook = Callable[[int, str, bytes], None]
+"""``(ts_recv_ns, provider, raw frame bytes)``: what a recorder keeps of each frame."""
 
 
 # ---------------------------------------------------------------- errors
@@ -146,6 +164,25 @@ class _Trade(msgspec.Struct, Generic[TS]):
     z: str = ""
 
 
+class _Status(msgspec.Struct, Generic[TS]):
+    S: str
+    sc: str
+    t: TS
+    sm: str = ""
+    rc: str = ""
+    rm: str = ""
+    z: str = ""
+
+
+class _Luld(msgspec.Struct, Generic[TS]):
+    S: str
+    u: Decimal
+    d: Decimal
+    t: TS
+    i: str = ""
+    z: str = ""
+
+
 class _Success(msgspec.Struct):
     msg: str
 
@@ -174,6 +211,8 @@ class _Codec:
         self.head = mod.Decoder(_Head)
         self.quote = mod.Decoder(_Quote[time_type])
         self.trade = mod.Decoder(_Trade[time_type])
+        self.status = mod.Decoder(_Status[time_type])
+        self.luld = mod.Decoder(_Luld[time_type])
         self.success = mod.Decoder(_Success)
         self.error = mod.Decoder(_Error)
         self.subscription = mod.Decoder(_Subscription)
@@ -233,6 +272,126 @@ def _symbol(value: str) -> str:
     return value
 
 
+# ---------------------------------------------------------------- data messages (pure)
+
+DATA_KINDS: Final = frozenset({"q", "t", "s", "l"})
+"""Message types that become engine messages; everything else is control or ignored."""
+
+
+def _decode_quote(q: _Quote[Any], now: int, provider: str) -> ExchangeQuote:
+    return ExchangeQuote(
+        symbol=_symbol(q.S),
+        exchange=q.bx,
+        national=True,
+        bid_price=_price(q.bp, "bid price", positive=False),
+        bid_size=_size(q.bs, "bid size"),
+        ask_price=_price(q.ap, "ask price", positive=False),
+        ask_size=_size(q.as_, "ask size"),
+        suspicious=False,
+        provider=provider,
+        ts_event=timestamp_ns(q.t),
+        ts_recv=now,
+        ask_exchange=q.ax,
+    )
+
+
+def _decode_trade(t: _Trade[Any], now: int, provider: str) -> TradeTick:
+    return TradeTick(
+        symbol=_symbol(t.S),
+        exchange=t.x,
+        price=_price(t.p, "trade price", positive=True),
+        size=_size(t.s, "trade size"),
+        suspicious=False,
+        provider=provider,
+        ts_event=timestamp_ns(t.t),
+        ts_recv=now,
+    )
+
+
+def _decode_status(s: _Status[Any], now: int, provider: str) -> SymbolTradingStatus:
+    halted = True if s.sc in HALTED_CODES else False if s.sc in TRADING_CODES else None
+    parts = [f"{s.sc} {s.sm}".strip()]
+    if s.rc or s.rm:
+        parts.append(f"{s.rc} {s.rm}".strip())
+    return SymbolTradingStatus(
+        symbol=_symbol(s.S),
+        halted=halted,
+        reason=": ".join(parts)[:200],
+        provider=provider,
+        ts_event=timestamp_ns(s.t),
+        ts_recv=now,
+    )
+
+
+def _decode_luld(band: _Luld[Any], now: int, provider: str) -> SymbolTradingStatus:
+    lower = _price(band.d, "limit down", positive=False)
+    upper = _price(band.u, "limit up", positive=False)
+    if lower > upper:
+        raise DecodeError(f"limit down {lower} above limit up {upper}")
+    return SymbolTradingStatus(
+        symbol=_symbol(band.S),
+        halted=None,
+        reason=f"luld {band.i}".strip(),
+        provider=provider,
+        ts_event=timestamp_ns(band.t),
+        ts_recv=now,
+        luld_lower=lower,
+        luld_upper=upper,
+    )
+
+
+def _decode_data(codec: _Codec, kind: str, raw: msgspec.Raw, now: int, provider: str) -> MarketEvent:
+    """One data message (``kind`` in :data:`DATA_KINDS`); raises DecodeError / msgspec.DecodeError."""
+    if kind == "q":
+        return _decode_quote(codec.quote.decode(raw), now, provider)
+    if kind == "t":
+        return _decode_trade(codec.trade.decode(raw), now, provider)
+    if kind == "s":
+        return _decode_status(codec.status.decode(raw), now, provider)
+    return _decode_luld(codec.luld.decode(raw), now, provider)
+
+
+def _looks_like_json(payload: bytes) -> bool:
+    """A JSON frame is an array: its first non-blank byte is ``[``. A MessagePack array
+    starts with 0x90–0x9F, 0xDC or 0xDD, never with ``[`` (0x5B is the integer 91)."""
+    return payload.lstrip(b" \t\r\n")[:1] == b"["
+
+
+def decode_frame(
+    payload: bytes | str, ts_recv: int, provider: str, msgpack: bool, errors: list[str] | None = None
+) -> list[MarketEvent]:
+    """The engine messages in one recorded frame: what the live client would have delivered.
+
+    ``payload`` is the frame as :data:`FrameHook` recorded it. ``str`` is always JSON;
+    ``bytes`` are MessagePack when ``msgpack`` is set, unless they are a JSON array (a
+    server may answer in JSON text frames whatever was negotiated, and a recording keeps
+    only the bytes). Control messages (success, subscription, error) and types we do not
+    use are skipped. A frame or message that does not decode is skipped, its reason
+    appended to ``errors`` when given; the other messages of the frame are still returned.
+    """
+    if isinstance(payload, str):
+        codec, data = _JSON_CODEC, payload.encode()
+    else:
+        data = payload
+        codec = _MSGPACK_CODEC if msgpack and not _looks_like_json(payload) else _JSON_CODEC
+    try:
+        items = codec.frame.decode(data)
+    except msgspec.DecodeError as exc:
+        if errors is not None:
+            errors.append(f"frame is not an array of messages: {exc}")
+        return []
+    events: list[MarketEvent] = []
+    for raw in items:
+        try:
+            kind = codec.head.decode(raw).T
+            if kind in DATA_KINDS:
+                events.append(_decode_data(codec, kind, raw, ts_recv, provider))
+        except (msgspec.DecodeError, DecodeError) as exc:
+            if errors is not None:
+                errors.append(str(exc))
+    return events
+
+
 # ---------------------------------------------------------------- the client
 
 
@@ -242,9 +401,11 @@ class StreamCounters:
     """Websocket text/binary frames received, control messages included."""
     quotes: int = 0
     trades: int = 0
+    statuses: int = 0
+    lulds: int = 0
     decode_errors: int = 0
     ignored: int = 0
-    """Well-formed messages of types we do not use (bars, statuses …)."""
+    """Well-formed messages of types we do not use (bars, corrections …)."""
     server_errors: int = 0
     connects: int = 0
     """Connection attempts, the first included."""
@@ -264,7 +425,8 @@ _LOG_DECODE_ERRORS_EVERY: Final = 1000
 
 
 class AlpacaDataStream:
-    """Streams quotes and trades for ``symbols`` into ``sink``, reconnecting until stopped.
+    """Streams quotes and trades (and, with ``statuses``, halts and LULD bands) for ``symbols``
+    into ``sink``, reconnecting until stopped.
 
     Call :meth:`run` in a task; it returns after :meth:`stop` and raises a
     :class:`DataStreamError` subclass when the server refuses us for good. ``rng`` must be
@@ -288,6 +450,8 @@ class AlpacaDataStream:
         handshake_timeout_s: float = 10.0,
         heartbeat_s: float | None = 10.0,
         max_msg_size: int = 16 * 1024 * 1024,
+        statuses: bool = False,
+        on_frame: FrameHook | None = None,
     ) -> None:
         if not symbols:
             raise ValueError("need at least one symbol")
@@ -306,6 +470,9 @@ class AlpacaDataStream:
         self.handshake_timeout_s = handshake_timeout_s
         self.heartbeat_s = heartbeat_s
         self.max_msg_size = max_msg_size
+        self.statuses = statuses
+        """Also subscribe to trading statuses (halts) and LULD bands."""
+        self._on_frame_hook = on_frame
         self._key_id = key_id
         self._secret = secret_key
         self._clock = clock
@@ -441,6 +608,8 @@ class AlpacaDataStream:
         now = self._clock.time_ns()
         self.counters.frames += 1
         self.last_message_ns = now
+        if self._on_frame_hook is not None:
+            self._on_frame_hook(now, self.provider, data.encode() if isinstance(data, str) else bytes(data))
         try:
             items = codec.frame.decode(data)
         except msgspec.DecodeError as exc:
@@ -449,10 +618,9 @@ class AlpacaDataStream:
         for raw in items:
             try:
                 kind = codec.head.decode(raw).T
-                if kind == "q":
-                    event: MarketEvent | None = self._quote(codec.quote.decode(raw), now)
-                elif kind == "t":
-                    event = self._trade(codec.trade.decode(raw), now)
+                if kind in DATA_KINDS:
+                    event: MarketEvent | None = _decode_data(codec, kind, raw, now, self.provider)
+                    self._count(kind)
                 else:
                     event = None
                     end = await self._on_control(ws, kind, raw, codec)
@@ -465,37 +633,16 @@ class AlpacaDataStream:
                 await self._sink(event)
         return None
 
-    def _quote(self, q: _Quote[Any], now: int) -> ExchangeQuote:
-        quote = ExchangeQuote(
-            symbol=_symbol(q.S),
-            exchange=q.bx,
-            national=True,
-            bid_price=_price(q.bp, "bid price", positive=False),
-            bid_size=_size(q.bs, "bid size"),
-            ask_price=_price(q.ap, "ask price", positive=False),
-            ask_size=_size(q.as_, "ask size"),
-            suspicious=False,
-            provider=self.provider,
-            ts_event=timestamp_ns(q.t),
-            ts_recv=now,
-            ask_exchange=q.ax,
-        )
-        self.counters.quotes += 1
-        return quote
-
-    def _trade(self, t: _Trade[Any], now: int) -> TradeTick:
-        trade = TradeTick(
-            symbol=_symbol(t.S),
-            exchange=t.x,
-            price=_price(t.p, "trade price", positive=True),
-            size=_size(t.s, "trade size"),
-            suspicious=False,
-            provider=self.provider,
-            ts_event=timestamp_ns(t.t),
-            ts_recv=now,
-        )
-        self.counters.trades += 1
-        return trade
+    def _count(self, kind: str) -> None:
+        counters = self.counters
+        if kind == "q":
+            counters.quotes += 1
+        elif kind == "t":
+            counters.trades += 1
+        elif kind == "s":
+            counters.statuses += 1
+        else:
+            counters.lulds += 1
 
     async def _on_control(
         self, ws: aiohttp.ClientWebSocketResponse, kind: str, raw: msgspec.Raw, codec: _Codec
@@ -505,7 +652,10 @@ class AlpacaDataStream:
             if text == "connected":
                 await self._send(ws, {"action": "auth", "key": self._key_id, "secret": self._secret.reveal()})
             elif text == "authenticated":
-                await self._send(ws, {"action": "subscribe", "trades": self.symbols, "quotes": self.symbols})
+                subscribe: dict[str, Any] = {"action": "subscribe", "trades": self.symbols, "quotes": self.symbols}
+                if self.statuses:
+                    subscribe.update(statuses=self.symbols, lulds=self.symbols)
+                await self._send(ws, subscribe)
             else:
                 self._log.info("alpaca_data_unexpected_success", msg=text[:100])
         elif kind == "subscription":

@@ -1,4 +1,9 @@
-"""The Alpaca market-data adapter actor: quotes and trades from the data stream onto ``md.raw``.
+"""The Alpaca market-data adapter actor: quotes, trades and trading statuses onto ``md.raw``.
+
+Trading statuses (halts, resumes) and LULD bands arrive as
+:class:`~engine.messages.SymbolTradingStatus` when ``statuses`` is on; pricing forwards
+them to risk on ``md.status``. ``on_frame`` is handed to the stream: it sees every raw
+frame (for ``kestrel record``).
 
 It owns an :class:`~adapters.alpaca.data_stream.AlpacaDataStream` task (which reconnects
 and resubscribes by itself) and publishes every decoded event. If the stream fails for
@@ -12,10 +17,10 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from adapters.alpaca.data_stream import AlpacaDataStream
+from adapters.alpaca.data_stream import AlpacaDataStream, FrameHook, MarketEvent
 from engine import topics
 from engine.actor import Actor
-from engine.messages import ActorStats, ExchangeQuote, StatsQuery, TradeTick
+from engine.messages import ActorStats, StatsQuery
 from engine.secrets import Secret
 
 
@@ -26,13 +31,23 @@ class _StreamFailed:
 
 class AlpacaFeedActor(Actor):
     def __init__(
-        self, url: str, key_id: Secret, secret_key: Secret, symbols: Sequence[str], subscribe_timeout_s: float = 10.0
+        self,
+        url: str,
+        key_id: Secret,
+        secret_key: Secret,
+        symbols: Sequence[str],
+        subscribe_timeout_s: float = 10.0,
+        *,
+        statuses: bool = False,
+        on_frame: FrameHook | None = None,
     ) -> None:
         self.url = url
         self.key_id = key_id
         self.secret_key = secret_key
         self.symbols = list(symbols)
         self.subscribe_timeout_s = subscribe_timeout_s
+        self.statuses = statuses
+        self.on_frame = on_frame
         self.stream: AlpacaDataStream
         self._task: asyncio.Task[None] | None = None
         self.published = 0
@@ -41,7 +56,7 @@ class AlpacaFeedActor(Actor):
         ctx = self.ctx
         self.stream = AlpacaDataStream(
             self.url, self.key_id.reveal(), self.secret_key, self.symbols, ctx.clock, ctx.rng, self._publish,
-            backoff_base_s=0.05, backoff_cap_s=5.0,
+            backoff_base_s=0.05, backoff_cap_s=5.0, statuses=self.statuses, on_frame=self.on_frame,
         )
         self._task = asyncio.create_task(self.stream.run(), name="alpaca-feed")
         self._task.add_done_callback(self._done)
@@ -51,7 +66,7 @@ class AlpacaFeedActor(Actor):
         except TimeoutError:
             ctx.log.warning("market_data_not_subscribed_at_start", timeout_s=self.subscribe_timeout_s)
 
-    async def _publish(self, event: ExchangeQuote | TradeTick) -> None:
+    async def _publish(self, event: MarketEvent) -> None:
         self.published += 1
         await self.ctx.publish(topics.MD_RAW, event)
 
