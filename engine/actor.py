@@ -12,6 +12,7 @@ and rebuilds state (``ctx.restarts > 0`` tells a restart from the first start).
 from __future__ import annotations
 
 import random
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from engine.bus import Bus
@@ -24,7 +25,12 @@ if TYPE_CHECKING:
 class ActorContext:
     """What an actor may touch: its address, the bus, the clock, its logger and RNG."""
 
-    __slots__ = ("_stop_requested", "address", "bus", "clock", "log", "restarts", "rng")
+    __slots__ = ("_stop_requested", "address", "bus", "clock", "log", "publish", "restarts", "rng", "send")
+
+    publish: Callable[[str, object], Awaitable[None]]
+    """``bus.publish`` itself (bound once: one coroutine frame per publish, not two)."""
+    send: Callable[[str, object], Awaitable[None]]
+    """``bus.send`` itself."""
 
     def __init__(
         self, address: str, bus: Bus, clock: Clock, log: Logger, rng: random.Random, restarts: int
@@ -36,15 +42,11 @@ class ActorContext:
         self.rng = rng
         self.restarts = restarts
         self._stop_requested = False
+        self.publish = bus.publish
+        self.send = bus.send
 
     def subscribe(self, topic: str) -> None:
         self.bus.subscribe(topic, self.address)
-
-    async def publish(self, topic: str, message: object) -> None:
-        await self.bus.publish(topic, message)
-
-    async def send(self, address: str, message: object) -> None:
-        await self.bus.send(address, message)
 
     async def request(self, address: str, message: object, timeout_s: float = 5.0) -> Any:
         return await self.bus.request(address, message, timeout_s)

@@ -33,6 +33,30 @@ CURRENT_MESSAGE: contextvars.ContextVar[object | None] = contextvars.ContextVar(
 )
 """The message the running actor is handling; the source of a log line's correlation ids."""
 
+
+class _InlineMessage:
+    """The message a handler run *inline* by the bus is handling (see :mod:`engine.bus`).
+
+    Inline handlers run one after another inside one synchronous drain, never interleaved
+    with a task, so a plain slot is enough — and costs ~10 ns per message where
+    ``ContextVar.set`` costs ~130 ns. The drain clears it before it returns; a handler that
+    suspends continues in its actor's task, which sets :data:`CURRENT_MESSAGE` instead.
+    """
+
+    __slots__ = ("message",)
+
+    def __init__(self) -> None:
+        self.message: object | None = None
+
+
+INLINE_MESSAGE: Final = _InlineMessage()
+
+
+def current_message() -> object | None:
+    """The message whose correlation ids a log line written now should carry."""
+    message = INLINE_MESSAGE.message
+    return message if message is not None else CURRENT_MESSAGE.get()
+
 CORRELATION_FIELDS: Final = ("intent_id", "client_order_id", "symbol")
 _SECRET_KEY_HINTS: Final = (
     "secret",
@@ -79,7 +103,7 @@ def redact(_: Any, __: str, event_dict: EventDict) -> EventDict:
 
 
 def add_correlation_ids(_: Any, __: str, event_dict: EventDict) -> EventDict:
-    message = CURRENT_MESSAGE.get()
+    message = current_message()
     if message is not None:
         for name in CORRELATION_FIELDS:
             if name not in event_dict:

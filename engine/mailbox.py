@@ -20,6 +20,14 @@ Why not ``asyncio.Queue`` or an anyio memory stream: the mailbox needs the polic
 above and a count of messages in flight (for :meth:`engine.bus.Bus.idle`), and a
 plain deque with one waiter future is as fast as ``asyncio.Queue``
 (see ``benchmarks/bench_bus.py``); awaiting anyio's ``send()`` per message costs ~12×.
+
+**Inline delivery** (see :mod:`engine.bus`): a reader waiting in :meth:`Mailbox.wait`
+leaves a *runner* behind. While the mailbox's :class:`RunQueue` is enabled, a message for
+a waiting reader does not wake its task: the mailbox is appended to the run queue instead
+(once: ``_scheduled``), and the bus runs the reader's handler itself. The reader's task
+stays parked on its future until the runner hands the actor back (a handler suspended,
+crashed or asked to stop) — so at any moment exactly one of {task, run queue} owns the
+actor, and the mailbox's FIFO decides the order of its messages either way.
 """
 
 from __future__ import annotations
@@ -94,6 +102,29 @@ class InflightCounter:
         await waiter
 
 
+class RunQueue:
+    """Mailboxes whose parked readers have messages, in the order they became ready.
+
+    Shared by every mailbox of one bus. ``enabled`` turns inline delivery on (replay under
+    a :class:`~engine.clock.SimClock` only); ``kick`` schedules a drain on the loop, and is
+    skipped while ``draining`` (the running drain will get there) or ``deferred`` (the
+    replay driver promised to drain before it yields: see :meth:`engine.bus.Bus.settle`).
+    """
+
+    __slots__ = ("deferred", "draining", "enabled", "kick", "ready")
+
+    def __init__(self, kick: Callable[[], None] | None = None) -> None:
+        self.enabled = False
+        self.deferred = False
+        self.draining = False
+        self.ready: deque[Mailbox] = deque()
+        self.kick: Callable[[], None] = kick if kick is not None else _no_kick
+
+
+def _no_kick() -> None:
+    """A run queue without a bus: nothing drains it, so nothing may be enabled on it."""
+
+
 class _Slot:
     """A conflatable message's place in the queue; replaced in place by newer ones."""
 
@@ -123,12 +154,15 @@ class Mailbox:
         "_pending_keys",
         "_policies",
         "_putters",
+        "_runq",
+        "_scheduled",
         "address",
         "capacity",
         "conflated",
         "dropped",
         "high_water",
         "inflight",
+        "runner",
     )
 
     def __init__(
@@ -138,6 +172,7 @@ class Mailbox:
         inflight: InflightCounter,
         policies: Mapping[type, Policy] | None = None,
         default: Policy = BACKPRESSURE,
+        runq: RunQueue | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError(f"mailbox capacity must be >= 1, got {capacity}")
@@ -156,6 +191,10 @@ class Mailbox:
         self._getter: asyncio.Future[None] | None = None
         self._putters: deque[asyncio.Future[None]] = deque()
         self._closed = False
+        self._runq = runq if runq is not None else RunQueue()
+        self._scheduled = False
+        self.runner: Any = None
+        """Set while the reader waits in :meth:`wait`: what the bus runs for inline delivery."""
         self.dropped = 0
         self.conflated = 0
         self.high_water = 0
@@ -176,11 +215,22 @@ class Mailbox:
         self.inflight.count += 1
         if len(items) > self.high_water:
             self.high_water = len(items)
+        if self._getter is not None and not self._scheduled:
+            self._wake()
+
+    def _wake(self) -> None:
+        """A message arrived for a waiting reader: schedule it inline, or wake its task."""
+        runq = self._runq
+        if runq.enabled and self.runner is not None:
+            self._scheduled = True
+            runq.ready.append(self)
+            if not (runq.draining or runq.deferred):
+                runq.kick()
+            return
         getter = self._getter
-        if getter is not None:
-            self._getter = None
-            if not getter.done():
-                getter.set_result(None)
+        self._getter = None
+        if getter is not None and not getter.done():
+            getter.set_result(None)
 
     def offer(self, message: object) -> bool:
         """Deliver without waiting. False means: full, and the policy is backpressure."""
@@ -210,11 +260,8 @@ class Mailbox:
             depth = len(items)
             if depth > self.high_water:
                 self.high_water = depth
-            getter = self._getter
-            if getter is not None:
-                self._getter = None
-                if not getter.done():
-                    getter.set_result(None)
+            if self._getter is not None and not self._scheduled:
+                self._wake()
             return True
         if self._policies.get(type(message), self._default).delivery is _DROP:
             self.dropped += 1
@@ -265,8 +312,37 @@ class Mailbox:
             return self.get_nowait()
         return WAKEUP
 
+    async def wait(self, runner: object) -> None:
+        """Wait for a message (or an interrupt), leaving ``runner`` for inline delivery.
+
+        Returns without taking anything: the caller looks at its mailbox and at what the
+        runner handed back. Used by the actor runtime's loop instead of :meth:`get`.
+        """
+        if self._items:
+            return
+        getter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._getter = getter
+        self.runner = runner
+        try:
+            await getter
+        finally:
+            self.runner = None
+            if self._getter is getter:
+                self._getter = None
+
+    def hand_back(self) -> None:
+        """End inline delivery to this mailbox's reader and wake its task (see :meth:`wait`)."""
+        self.runner = None
+        self._scheduled = False
+        getter = self._getter
+        if getter is not None:
+            self._getter = None
+            if not getter.done():
+                getter.set_result(None)
+
     def interrupt(self) -> None:
         """Wake a waiting reader without a message (it gets :data:`WAKEUP`)."""
+        self.runner = None
         getter = self._getter
         if getter is not None:
             self._getter = None

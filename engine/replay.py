@@ -10,6 +10,12 @@ For each event, in order:
 
 Because nothing runs concurrently with a settled system, the same events, config and
 seed always produce the same sequence of messages, whatever the machine's speed.
+
+Under a :class:`SimClock` the replay turns on the bus's inline delivery for its duration
+(:meth:`engine.bus.Bus.set_inline`): the driver publishes with the drain deferred, then
+settles the system itself, so an event whose consequences never wait on I/O costs no loop
+turn and no task switch at all. The messages, each actor's order of them and hence the
+results are the same as with task delivery (see :mod:`engine.bus` for why).
 """
 
 from __future__ import annotations
@@ -62,33 +68,56 @@ async def replay(
     pacer: Pacer | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     progress_every: int = 4096,
+    inline: bool = True,
 ) -> ReplayResult:
-    """Publish every event of ``batches`` on ``topic``, in order."""
+    """Publish every event of ``batches`` on ``topic``, in order.
+
+    ``inline=False`` keeps task delivery (every hop through the loop): the reference the
+    inline path is tested against.
+    """
     count = 0
     first: int | None = None
     ts = 0
-    idle = bus.idle
+    inflight = bus.inflight
+    wait_idle = inflight.wait_idle
+    defer = bus.defer
+    settle = bus.settle
     publish = bus.publish
+    next_deadline = clock.next_deadline_ns
+    advance_to = clock.advance_to
     for_progress = progress_every
-    async for batch in batches:
-        for event in batch:
-            ts = event.ts_recv
-            deadline = clock.next_deadline_ns()
-            while deadline is not None and deadline <= ts:
-                clock.advance_to(deadline)
-                await idle()
-                deadline = clock.next_deadline_ns()
-            clock.advance_to(ts)
-            if first is None:
-                first = ts
-            if pacer is not None:
-                await pacer.wait_for(ts)
-            await publish(topic, event)
-            await idle()
-            count += 1
-            for_progress -= 1
-            if for_progress == 0:
-                for_progress = progress_every
-                if on_progress is not None:
-                    on_progress(count, ts)
+    inline = inline and clock.is_simulated
+    if inline:
+        bus.set_inline(True)
+    try:
+        async for batch in batches:
+            for event in batch:
+                ts = event.ts_recv
+                deadline = next_deadline()
+                while deadline is not None and deadline <= ts:
+                    defer()
+                    advance_to(deadline)
+                    settle()
+                    if inflight.count:
+                        await wait_idle()
+                    deadline = next_deadline()
+                advance_to(ts)
+                if first is None:
+                    first = ts
+                if pacer is not None:
+                    await pacer.wait_for(ts)
+                defer()
+                await publish(topic, event)
+                settle()
+                if inflight.count:
+                    await wait_idle()
+                count += 1
+                for_progress -= 1
+                if for_progress == 0:
+                    for_progress = progress_every
+                    if on_progress is not None:
+                        on_progress(count, ts)
+    finally:
+        if inline:
+            bus.set_inline(False)
     return ReplayResult(count, first, ts if count else None)

@@ -17,7 +17,10 @@ Stopping is in reverse start order; each child gets ``shutdown_timeout_s`` to fi
 current message and run ``on_stop`` before it is cancelled.
 
 A child's mailbox belongs to its address on the bus, so messages queued for an actor
-survive its restart. The message being handled when it crashed is not retried (it may
+survive its restart. In replay the bus may run an actor's handler inline, outside its
+task (see :mod:`engine.bus`); a handler that raises there is handed back to the task and
+re-raised in it, so the crash is logged, ``on_stop`` runs and the supervisor restarts the
+actor exactly as when the task itself ran the handler. The message being handled when it crashed is not retried (it may
 be what crashed it); the crash line in the log names its type.
 
 anyio/asyncio task groups give structured cancellation, but they do not restart
@@ -35,11 +38,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.actor import Actor, ActorContext
-from engine.bus import DEFAULT_CAPACITY, Bus, Request
+from engine.bus import DEFAULT_CAPACITY, Bus, InlineRunner, Request, adopt
 from engine.clock import NS_PER_S, Clock
 from engine.errors import SupervisorGaveUp
 from engine.logs import CURRENT_MESSAGE, get_logger
-from engine.mailbox import BACKPRESSURE, WAKEUP, Policy
+from engine.mailbox import BACKPRESSURE, InflightCounter, Policy
 
 
 class Strategy(enum.Enum):
@@ -307,10 +310,14 @@ class Supervisor:
         actor.ctx = ctx
         inflight = bus.inflight
         handle = actor.handle
+        # While the actor waits for messages, the bus may run its handler inline (replay):
+        # the runner hands it back here when a handler suspends, raises or stops the actor.
+        runner = InlineRunner(mailbox, handle, ctx, inflight)
         # Hot loop: names bound once; ctx._stop_requested read directly (the property
         # costs a call per message); inflight.done() called only when it can wake idle().
         items = mailbox._items
         get_nowait = mailbox.get_nowait
+        wait = mailbox.wait
         set_current = CURRENT_MESSAGE.set
         try:
             await actor.on_start()
@@ -318,9 +325,23 @@ class Supervisor:
                 log.info("actor_restarted", restarts=restarts)
             started.set_result(None)
             while not ctx._stop_requested:
-                item = get_nowait() if items else await mailbox.get()
-                if item is WAKEUP:
+                if not items:
+                    try:
+                        await wait(runner)
+                    except BaseException:
+                        self._abandon(runner, inflight)
+                        raise
+                    if runner.adopted is not None:
+                        await self._finish_adopted(runner, inflight)
+                        continue
+                    crash = runner.crash
+                    if crash is not None:
+                        # Counted done and answered by the runner; the crash path is ours.
+                        runner.crash = None
+                        set_current(runner.crash_message)
+                        raise crash
                     continue
+                item = get_nowait()
                 try:
                     if type(item) is Request:
                         request: Request = item
@@ -347,6 +368,44 @@ class Supervisor:
         finally:
             CURRENT_MESSAGE.set(None)
             await self._stop_actor(actor, log)
+
+    @staticmethod
+    def _abandon(runner: InlineRunner, inflight: InflightCounter) -> None:
+        """The task was cancelled before it could take over a suspended inline handler."""
+        if runner.adopted is None:
+            return
+        coro, _, item = runner.adopted
+        runner.adopted = None
+        coro.close()
+        if type(item) is Request and not item.future.done():
+            item.future.cancel()
+        if inflight.count == 1:
+            inflight.done()
+        else:
+            inflight.count -= 1
+
+    @staticmethod
+    async def _finish_adopted(runner: InlineRunner, inflight: InflightCounter) -> None:
+        """Finish, in the actor's task, a handler that suspended while delivered inline."""
+        assert runner.adopted is not None
+        coro, pending, item = runner.adopted
+        runner.adopted = None
+        request = item if type(item) is Request else None
+        CURRENT_MESSAGE.set(request.message if request is not None else item)
+        try:
+            try:
+                reply = await adopt(coro, pending)
+            except BaseException as exc:
+                if request is not None and not request.future.done():
+                    request.future.set_exception(exc)
+                raise
+            if request is not None and not request.future.done():
+                request.future.set_result(reply)
+        finally:
+            if inflight.count == 1:
+                inflight.done()
+            else:
+                inflight.count -= 1
 
     @staticmethod
     async def _stop_actor(actor: Actor, log: Any) -> None:
