@@ -166,10 +166,17 @@ class _Symbol:
 
 
 def _best(side: dict[str, tuple[Decimal, Decimal]], highest: bool) -> tuple[Decimal, Decimal] | None:
-    if not side:
-        return None
-    price = max(p for p, _ in side.values()) if highest else min(p for p, _ in side.values())
-    return price, sum((s for p, s in side.values() if p == price), ZERO)
+    if len(side) <= 1:  # national feeds keep one entry per side: the common case, no scan
+        return next(iter(side.values()), None)
+    best: Decimal | None = None
+    size = ZERO
+    for price, qty in side.values():
+        if best is None or (price > best if highest else price < best):
+            best, size = price, qty
+        elif price == best:
+            size += qty
+    assert best is not None
+    return best, size
 
 
 class PricingActor(Actor):
@@ -313,9 +320,9 @@ class PricingActor(Actor):
         last = book.nbbo
         if last is None:
             return False
-        last_mid = (last[0] + last[2]) / 2
-        move = abs((bid + ask) / 2 - last_mid) * 100 / last_mid
-        if move <= self.policy.outlier_pct:
+        # |mid - last_mid| / last_mid > pct / 100, without a division (mids doubled on both sides).
+        last_twice = last[0] + last[2]
+        if abs(bid + ask - last_twice) * 100 <= self.policy.outlier_pct * last_twice:
             book.outlier_streak = 0
             return False
         book.outlier_streak += 1
