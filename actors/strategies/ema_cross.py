@@ -32,13 +32,40 @@ class EmaCrossParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError("qty must be positive")
 
 
-class _SymbolState:
-    __slots__ = ("count", "fast", "last_above", "pending", "position", "slow")
+class EmaPair:
+    """A fast and a slow exponential moving average of one series (the mid), updated in place.
 
-    def __init__(self) -> None:
+    ``alpha = 2 / (period + 1)``; the first value seeds both averages, then each update is
+    ``ema += alpha * (value - ema)``. This is the textbook EMA, and the one NautilusTrader's
+    ``ExponentialMovingAverage`` computes, so the two sides of the peer benchmark agree.
+    ``count`` is the number of values seen: an average is "warm" once ``count >= period``.
+    Shared by ``ema-cross`` and ``ema-watch``.
+    """
+
+    __slots__ = ("alpha_fast", "alpha_slow", "count", "fast", "slow")
+
+    def __init__(self, fast: int, slow: int) -> None:
+        self.alpha_fast = 2.0 / (fast + 1)
+        self.alpha_slow = 2.0 / (slow + 1)
         self.fast = 0.0
         self.slow = 0.0
         self.count = 0
+
+    def update(self, value: float) -> None:
+        """Fold one value into both averages."""
+        if self.count == 0:
+            self.fast = self.slow = value
+        else:
+            self.fast += self.alpha_fast * (value - self.fast)
+            self.slow += self.alpha_slow * (value - self.slow)
+        self.count += 1
+
+
+class _SymbolState:
+    __slots__ = ("ema", "last_above", "pending", "position")
+
+    def __init__(self, fast: int, slow: int) -> None:
+        self.ema = EmaPair(fast, slow)
         self.last_above: bool | None = None
         self.position = Decimal(0)
         self.pending: str | None = None
@@ -48,8 +75,6 @@ class EmaCross(Strategy):
     def __init__(self, name: str, params: EmaCrossParams) -> None:
         self.name = name
         self.params = params
-        self._alpha_fast = 2.0 / (params.fast + 1)
-        self._alpha_slow = 2.0 / (params.slow + 1)
         self._states: dict[str, _SymbolState] = {}
 
     @classmethod
@@ -72,17 +97,12 @@ class EmaCross(Strategy):
             return []
         state = self._states.get(bbo.symbol)
         if state is None:
-            state = self._states[bbo.symbol] = _SymbolState()
-        mid = float(bbo.bid_price + bbo.ask_price) / 2.0
-        if state.count == 0:
-            state.fast = state.slow = mid
-        else:
-            state.fast += self._alpha_fast * (mid - state.fast)
-            state.slow += self._alpha_slow * (mid - state.slow)
-        state.count += 1
-        if state.count < self.params.slow:
+            state = self._states[bbo.symbol] = self._new_state()
+        ema = state.ema
+        ema.update(float(bbo.bid_price + bbo.ask_price) / 2.0)  # the mid as a float: a feature, not money
+        if ema.count < self.params.slow:
             return []
-        above = state.fast > state.slow
+        above = ema.fast > ema.slow
         crossed = state.last_above is not None and above != state.last_above
         state.last_above = above
         if not crossed or state.pending is not None:
@@ -96,16 +116,25 @@ class EmaCross(Strategy):
         state.pending = intent.intent_id
         return [intent]
 
+    def _new_state(self) -> _SymbolState:
+        return _SymbolState(self.params.fast, self.params.slow)
+
+    def _state(self, symbol: str) -> _SymbolState:
+        state = self._states.get(symbol)
+        if state is None:
+            state = self._states[symbol] = self._new_state()
+        return state
+
     def restore_positions(self, positions: Mapping[str, Decimal]) -> None:
         for symbol, qty in positions.items():
-            self._states.setdefault(symbol, _SymbolState()).position = qty
+            self._state(symbol).position = qty
 
     def on_fill(self, fill: Fill, now_ns: int) -> list[OrderIntent]:
         # A fill can come before the first quote of its symbol: recovery books the fills
         # the venue made while the engine was down before the feed has said anything.
         # Dropping it left the position at zero, so the strategy bought again and again
         # what it already held (each refused for buying power). Count it either way.
-        state = self._states.setdefault(fill.symbol, _SymbolState())
+        state = self._state(fill.symbol)
         state.position += fill.qty * fill.side.sign
         return []
 
