@@ -45,6 +45,7 @@ import msgspec
 from actors.order_book import SNAPSHOT_KIND, Book, BookOrder, rebuild
 from engine import crashpoints, topics
 from engine.actor import Actor
+from engine.clock import NS_PER_S
 from engine.journal import Journal, JournalError
 from engine.messages import (
     AccountBaseline,
@@ -188,13 +189,9 @@ class OrderManagerActor(Actor):
         if not unacknowledged and all(o.acknowledged for o in self.book.working()):
             return
         self._watchdog_armed = True
-        mailbox = self.ctx.bus.mailbox(self.ctx.address)
-
-        def tick() -> None:
-            if not mailbox.offer(_TICK):  # a full mailbox: try again shortly, never lose the watchdog
-                self.ctx.clock.call_later(self.ack_sla_s / 10, tick)
-
-        self.ctx.clock.call_later(self.ack_sla_s / 2, tick)
+        clock = self.ctx.clock
+        due = clock.time_ns() + round(self.ack_sla_s / 2 * NS_PER_S)
+        self.ctx.tell_self_at(due, _TICK, retry_s=self.ack_sla_s / 10)
 
     # ------------------------------------------------------------ messages
 

@@ -472,7 +472,9 @@ class PricingActor(Actor):
         if check.symbol is None:
             await self._check_feeds(now)
             return
-        state = self.symbols[check.symbol]
+        state = self.symbols.get(check.symbol)
+        if state is None:
+            return  # set by an incarnation before a restart: this one has not heard of the symbol yet
         state.timer_due_ns = None
         active = state.active
         book = state.books.get(active) if active is not None else None
@@ -528,21 +530,11 @@ class PricingActor(Actor):
         if state.timer_due_ns is not None:
             return  # one pending timer per symbol; it re-arms itself if it fires early
         state.timer_due_ns = due_ns
-        self._offer_at(due_ns, _Check(state.symbol))
+        self.ctx.tell_self_at(due_ns, _Check(state.symbol))
 
     def _arm_feed_timer(self, due_ns: int) -> None:
         self._feed_timer_armed = True
-        self._offer_at(due_ns, _Check(None))
-
-    def _offer_at(self, due_ns: int, check: _Check) -> None:
-        mailbox = self.ctx.bus.mailbox(self.ctx.address)
-        clock = self.ctx.clock
-
-        def fire() -> None:
-            if not mailbox.offer(check):  # a full mailbox: try again shortly, never lose the check
-                clock.call_later(0.01, fire)
-
-        clock.call_at(due_ns, fire)
+        self.ctx.tell_self_at(due_ns, _Check(None))
 
 
 @dataclass(frozen=True)

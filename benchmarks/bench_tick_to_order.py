@@ -161,10 +161,11 @@ class TimedFeedActor(AlpacaFeedActor):
             self.url, self.key_id.reveal(), self.secret_key, self.symbols, ctx.clock, ctx.rng, self._publish,
             backoff_base_s=0.05, backoff_cap_s=5.0,
         )
-        self._task = asyncio.create_task(self.stream.run(), name="alpaca-feed")
-        self._task.add_done_callback(self._done)
-        async with asyncio.timeout(self.subscribe_timeout_s):
-            await self.stream.subscribed.wait()
+        await self.start_client(
+            self.stream, self.stream.subscribed, self.subscribe_timeout_s, "alpaca-feed", "feed_not_subscribed"
+        )
+        if not self.stream.subscribed.is_set():
+            raise RuntimeError("the benchmark's feed did not subscribe")
 
     async def _publish(self, event: ExchangeQuote | TradeTick | SymbolTradingStatus) -> None:
         if type(event) is ExchangeQuote and event.bid_size is not None:

@@ -51,6 +51,24 @@ class ActorContext:
     async def request(self, address: str, message: object, timeout_s: float = 5.0) -> Any:
         return await self.bus.request(address, message, timeout_s)
 
+    def tell_self_at(self, when_ns: int, message: object, retry_s: float = 0.01) -> None:
+        """Put ``message`` in this actor's own mailbox once the engine clock reaches ``when_ns``.
+
+        How an actor runs a timer: the message is handled like any other, one at a time, so
+        the handler needs no locking (and under a SimClock it fires at exactly ``when_ns``).
+        The mailbox outlives a restart, so a timer set by an earlier incarnation still
+        arrives; handlers must treat a timer message as "check now", not as a fact. If the
+        mailbox is full the offer is retried every ``retry_s``: a timer is never lost.
+        """
+        mailbox = self.bus.mailbox(self.address)
+        clock = self.clock
+
+        def fire() -> None:
+            if not mailbox.offer(message):
+                clock.call_later(retry_s, fire)
+
+        clock.call_at(when_ns, fire)
+
     def stop(self) -> None:
         """End this actor normally after the current message (a *normal exit*)."""
         self._stop_requested = True

@@ -12,24 +12,17 @@ good (bad keys, insufficient subscription), the actor crashes and its supervisor
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from adapters.alpaca.data_stream import AlpacaDataStream, FrameHook, MarketEvent
-from engine import topics
-from engine.actor import Actor
+from adapters.alpaca.data_stream import AlpacaDataStream, FrameHook
+from adapters.stream_feed import StreamFeedActor
 from engine.messages import ActorStats, StatsQuery
 from engine.secrets import Secret
 
 
-class _StreamFailed:
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
-class AlpacaFeedActor(Actor):
+class AlpacaFeedActor(StreamFeedActor):
     def __init__(
         self,
         url: str,
@@ -49,8 +42,6 @@ class AlpacaFeedActor(Actor):
         self.statuses = statuses
         self.on_frame = on_frame
         self.stream: AlpacaDataStream
-        self._task: asyncio.Task[None] | None = None
-        self.published = 0
 
     async def on_start(self) -> None:
         ctx = self.ctx
@@ -58,32 +49,13 @@ class AlpacaFeedActor(Actor):
             self.url, self.key_id.reveal(), self.secret_key, self.symbols, ctx.clock, ctx.rng, self._publish,
             backoff_base_s=0.05, backoff_cap_s=5.0, statuses=self.statuses, on_frame=self.on_frame,
         )
-        self._task = asyncio.create_task(self.stream.run(), name="alpaca-feed")
-        self._task.add_done_callback(self._done)
-        try:
-            async with asyncio.timeout(self.subscribe_timeout_s):
-                await self.stream.subscribed.wait()
-        except TimeoutError:
-            ctx.log.warning("market_data_not_subscribed_at_start", timeout_s=self.subscribe_timeout_s)
-
-    async def _publish(self, event: MarketEvent) -> None:
-        self.published += 1
-        await self.ctx.publish(topics.MD_RAW, event)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled() or task.exception() is None:
-            return
-        self.ctx.bus.mailbox(self.ctx.address).offer(_StreamFailed(task.exception()))  # type: ignore[arg-type]
-
-    async def on_stop(self) -> None:
-        if self._task is not None:
-            await self.stream.stop()
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await self.start_client(
+            self.stream, self.stream.subscribed, self.subscribe_timeout_s, "alpaca-feed",
+            "market_data_not_subscribed_at_start",
+        )  # fmt: skip
 
     async def handle(self, message: Any) -> Any:
-        if type(message) is _StreamFailed:
-            raise message.error
+        self.raise_if_failed(message)
         if type(message) is StatsQuery:
             counters = dataclasses.asdict(self.stream.counters)
             return ActorStats(counters={"published": self.published, **counters})

@@ -10,27 +10,20 @@ and its supervisor decides.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from collections.abc import Sequence
 from typing import Any, Final
 
 from adapters.binance.decode import BinanceDecodeError
-from adapters.binance.stream import DEFAULT_REST, DEFAULT_WS, BinanceMarketData, FrameHook, MarketMessage
-from engine import topics
-from engine.actor import Actor
+from adapters.binance.stream import DEFAULT_REST, DEFAULT_WS, BinanceMarketData, FrameHook
+from adapters.stream_feed import StreamFeedActor
 from engine.messages import ActorStats, StatsQuery
 
 _LOG_FIRST_DECODE_ERRORS: Final = 10
 _LOG_DECODE_ERRORS_EVERY: Final = 1000
 
 
-class _StreamFailed:
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
-class BinanceFeedActor(Actor):
+class BinanceFeedActor(StreamFeedActor):
     """Runs the Binance client for ``symbols`` and publishes what it produces on ``md.raw``."""
 
     def __init__(
@@ -54,8 +47,6 @@ class BinanceFeedActor(Actor):
         self.backoff_base_s = backoff_base_s
         self.backoff_cap_s = backoff_cap_s
         self.client: BinanceMarketData
-        self._task: asyncio.Task[None] | None = None
-        self.published = 0
         self.decode_errors = 0
 
     async def on_start(self) -> None:
@@ -66,17 +57,10 @@ class BinanceFeedActor(Actor):
             on_frame=self.on_frame, on_decode_error=self._on_decode_error,
             backoff_base_s=self.backoff_base_s, backoff_cap_s=self.backoff_cap_s,
         )  # fmt: skip
-        self._task = asyncio.create_task(self.client.run(), name=f"binance-feed-{self.provider}")
-        self._task.add_done_callback(self._done)
-        try:
-            async with asyncio.timeout(self.start_timeout_s):
-                await self.client.connected.wait()
-        except TimeoutError:
-            ctx.log.warning("binance_feed_not_connected_at_start", timeout_s=self.start_timeout_s)
-
-    async def _publish(self, message: MarketMessage) -> None:
-        self.published += 1
-        await self.ctx.publish(topics.MD_RAW, message)
+        await self.start_client(
+            self.client, self.client.connected, self.start_timeout_s, f"binance-feed-{self.provider}",
+            "binance_feed_not_connected_at_start",
+        )  # fmt: skip
 
     def _on_decode_error(self, error: BinanceDecodeError, payload: bytes) -> None:
         self.decode_errors += 1
@@ -87,20 +71,8 @@ class BinanceFeedActor(Actor):
                 sample=error.sample, size=len(payload), count=n,
             )  # fmt: skip
 
-    def _done(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled() or task.exception() is None:
-            return
-        self.ctx.bus.mailbox(self.ctx.address).offer(_StreamFailed(task.exception()))  # type: ignore[arg-type]
-
-    async def on_stop(self) -> None:
-        if self._task is not None:
-            await self.client.stop()
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
     async def handle(self, message: Any) -> Any:
-        if type(message) is _StreamFailed:
-            raise message.error
+        self.raise_if_failed(message)
         if type(message) is StatsQuery:
             return ActorStats(
                 counters={"published": self.published, "decode_errors": self.decode_errors},
