@@ -69,7 +69,12 @@ class BookOrder(msgspec.Struct, kw_only=True, array_like=True, gc=False):
         return self.status.is_terminal
 
 
-class Book(msgspec.Struct, kw_only=True, array_like=True):
+class Book(msgspec.Struct, kw_only=True, array_like=True, dict=True):
+    """The derived state. Besides its fields (the snapshot), it keeps two indexes that are
+    not encoded and are rebuilt on decode (``__post_init__``): the working orders and the
+    working orders the venue has not acknowledged yet. The order path asks for those on
+    every order; scanning every order ever placed made a long session quadratic."""
+
     last_seq: int = 0
     """The journal sequence number of the last record applied."""
     sequence: int = 0
@@ -83,6 +88,26 @@ class Book(msgspec.Struct, kw_only=True, array_like=True):
     trading_state: TradingState = TradingState.ACTIVE
     trading_reason: str = ""
     risk_rejections: int = 0
+
+    def __post_init__(self) -> None:
+        self._working: dict[str, BookOrder] = {}
+        self._unacknowledged: dict[str, BookOrder] = {}
+        for order in self.orders.values():
+            self._index(order)
+
+    def _index(self, order: BookOrder) -> None:
+        """Keep the two indexes in step with ``order``'s status and acknowledgement."""
+        cid = order.client_order_id
+        if order.status.is_terminal:
+            self._working.pop(cid, None)
+            self._unacknowledged.pop(cid, None)
+            return
+        if cid not in self._working:
+            self._working[cid] = order
+        if order.acknowledged:
+            self._unacknowledged.pop(cid, None)
+        elif cid not in self._unacknowledged:
+            self._unacknowledged[cid] = order
 
     # ------------------------------------------------------------ derivation
 
@@ -116,7 +141,7 @@ class Book(msgspec.Struct, kw_only=True, array_like=True):
 
     def _add(self, order: SubmitOrder, strategy: str, sequence: int, ts_init: int) -> None:
         self.sequence = max(self.sequence, sequence)
-        self.orders[order.client_order_id] = BookOrder(
+        self.orders[order.client_order_id] = added = BookOrder(
             client_order_id=order.client_order_id,
             intent_id=order.intent_id,
             strategy=strategy,
@@ -129,6 +154,7 @@ class Book(msgspec.Struct, kw_only=True, array_like=True):
             time_in_force=order.time_in_force,
             submitted_ns=ts_init,
         )
+        self._index(added)
 
     def _update(self, update: OrderUpdate) -> None:
         order = self.orders.get(update.client_order_id)
@@ -138,6 +164,7 @@ class Book(msgspec.Struct, kw_only=True, array_like=True):
         order.acknowledged = True
         if update.venue_order_id:
             order.venue_order_id = update.venue_order_id
+        self._index(order)
 
     def _reconciled(self, record: OrderReconciled) -> None:
         order = self.orders.get(record.client_order_id)
@@ -150,6 +177,7 @@ class Book(msgspec.Struct, kw_only=True, array_like=True):
         # Only when fills were counted elsewhere (an account baseline taken at the same
         # recovery): otherwise each fill was journaled before this record.
         order.filled_qty = max(order.filled_qty, record.filled_qty)
+        self._index(order)
 
     def _fill(self, fill: Fill) -> None:
         order = self.orders.get(fill.client_order_id)
@@ -160,6 +188,7 @@ class Book(msgspec.Struct, kw_only=True, array_like=True):
             order.acknowledged = True
             if fill.venue_order_id:
                 order.venue_order_id = fill.venue_order_id
+            self._index(order)
         self.fills.append(fill)
         signed = fill.qty * fill.side.sign
         position = self.positions.get(fill.symbol, ZERO) + signed
@@ -178,7 +207,20 @@ class Book(msgspec.Struct, kw_only=True, array_like=True):
     # ------------------------------------------------------------ queries
 
     def working(self) -> list[BookOrder]:
-        return [o for o in self.orders.values() if not o.is_terminal]
+        """Orders not in a terminal status, oldest first."""
+        return list(self._working.values())
+
+    @property
+    def working_count(self) -> int:
+        return len(self._working)
+
+    def unacknowledged(self) -> list[BookOrder]:
+        """Working orders the venue has said nothing about yet, oldest first."""
+        return list(self._unacknowledged.values())
+
+    @property
+    def has_unacknowledged(self) -> bool:
+        return bool(self._unacknowledged)
 
     # ------------------------------------------------------------ snapshots
 

@@ -1,15 +1,21 @@
 """The order manager: turns approved intents into venue orders, journals every fact, recovers.
 
 The write-ahead rule (DESIGN §5). Every fact the order manager accepts is written to the
-journal and committed *before* anyone else hears of it:
+journal, in the order it was accepted, and nothing reaches the venue before the journal
+holds everything the engine knew when it decided:
 
 - an approved intent becomes ``OrderSubmitting`` (with a client order id
   ``<prefix>-<sequence>``; the sequence lives in the journal, so an id is never issued
   twice, across restarts included), and only after its commit is ``SubmitOrder``
   published to the venue adapter — nothing is ever sent without its journal record;
 - venue reports pass the transition table (:data:`ALLOWED`) and de-duplication (by
-  execution id, and by the venue's cumulative quantity) first, then are journaled, then
-  applied to the :class:`~actors.order_book.Book` and published.
+  execution id, and by the venue's cumulative quantity) first, then are appended to the
+  journal, applied to the :class:`~actors.order_book.Book` and published *without
+  waiting for their commit*. They are facts the venue already holds: a crash before the
+  commit loses nothing that recovery does not fetch back from the venue. The journal
+  commits rows in sequence order, so the next ``OrderSubmitting``'s commit is a barrier:
+  every report accepted before it is durable before any order that could depend on it
+  is sent. (Waiting for each report's commit cost three journal round trips per order.)
 
 A report that would be an impossible transition is logged loudly, not applied, and the
 order is looked up at the venue (``ReconcileOrders``); the venue's answer comes back
@@ -37,6 +43,7 @@ memory only and no recovery is needed.
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
 from typing import Any, Final
 
@@ -113,6 +120,15 @@ class _WatchdogTick:
     """Sent to itself every half SLA: look for orders the venue never acknowledged."""
 
 
+class _ReportNotJournaled:
+    """Sent to itself when a venue report's commit failed after it was applied."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: JournalError) -> None:
+        self.error = error
+
+
 _TICK: Final = _WatchdogTick()
 
 
@@ -175,7 +191,7 @@ class OrderManagerActor(Actor):
             events_replayed=replayed,
             journal_seq=book.last_seq,
             orders=len(book.orders),
-            working=len(book.working()),
+            working=book.working_count,
         )
 
     def _arm_watchdog(self, unacknowledged: bool = False) -> None:
@@ -186,7 +202,7 @@ class OrderManagerActor(Actor):
         """
         if self._watchdog_armed:
             return
-        if not unacknowledged and all(o.acknowledged for o in self.book.working()):
+        if not unacknowledged and not self.book.has_unacknowledged:
             return
         self._watchdog_armed = True
         clock = self.ctx.clock
@@ -205,6 +221,8 @@ class OrderManagerActor(Actor):
             await self._on_update(message)
         elif kind is _WatchdogTick:
             await self._watchdog()
+        elif kind is _ReportNotJournaled:
+            await self._journal_failed(message.error)
         elif kind is Recover:
             return await self._recover()
         elif kind is FillHistoryQuery:
@@ -215,7 +233,7 @@ class OrderManagerActor(Actor):
                 baseline_positions=dict(baseline.positions) if baseline is not None else {},
             )
         elif kind is StatsQuery:
-            return ActorStats(counters={**self.counters, "working": len(self.book.working())})
+            return ActorStats(counters={**self.counters, "working": self.book.working_count})
         else:
             raise TypeError(f"order manager cannot handle {kind.__name__}")
         return None
@@ -242,15 +260,40 @@ class OrderManagerActor(Actor):
             await self._snapshot()
 
     async def _record_or_keep(self, record: Message) -> None:
-        """For venue facts: journal them if possible, and apply them either way.
+        """For venue facts: append them to the journal if possible, apply them either way.
 
-        A fill the venue reports happened whether or not our disk is full; the book must
-        show it (and the next start will find it at the venue again).
+        Does not wait for the commit (see the module docs); a commit that fails later
+        reaches :meth:`_journal_failed` through the actor's own mailbox. A fill the venue
+        reports happened whether or not our disk is full: the book must show it (and the
+        next start will find it at the venue again).
         """
+        journal = self.journal
+        if journal is None:
+            self.book.apply(self.book.last_seq + 1, record)
+            return
         try:
-            await self._record(record)
-        except JournalError:
+            if journal.pending >= journal.max_pending:
+                await journal.wait_for_room()
+            committed = journal.append(record)
+        except JournalError as exc:
+            await self._journal_failed(exc)
             self.book.apply(self.book.last_seq, record)
+            return
+        committed.add_done_callback(self._report_committed)
+        self.book.apply(journal.last_seq, record)
+        self._since_snapshot += 1
+        if self._since_snapshot >= self.snapshot_every:
+            await self._snapshot()
+
+    def _report_committed(self, committed: asyncio.Future[int]) -> None:
+        if committed.cancelled():
+            return
+        error = committed.exception()
+        if error is None:
+            return
+        if not isinstance(error, JournalError):
+            error = JournalError(f"journal commit failed: {error!r}")
+        self.ctx.tell_self_at(self.ctx.clock.time_ns(), _ReportNotJournaled(error))
 
     async def _snapshot(self) -> None:
         assert self.journal is not None
@@ -413,9 +456,7 @@ class OrderManagerActor(Actor):
         try:
             now = self.ctx.clock.time_ns()
             sla_ns = int(self.ack_sla_s * 1e9)
-            overdue = [
-                o for o in self.book.working() if not o.acknowledged and now - o.submitted_ns > sla_ns
-            ]
+            overdue = [o for o in self.book.unacknowledged() if now - o.submitted_ns > sla_ns]
             lookup: list[str] = []
             for order in overdue:
                 attempts = self.ack_lookups.get(order.client_order_id, 0)

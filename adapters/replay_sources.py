@@ -307,7 +307,20 @@ SYNTHETIC_EXCHANGE: Final = "SYN"
 SYNTHETIC_PROVIDER: Final = "synthetic"
 
 
-def _convert(q: Any, symbol: str, start: int, stop: int) -> list[ExchangeQuote]:
+class _Decimals(dict[int, Decimal]):
+    """Integer → ``Decimal(value).scaleb(exponent)``, built once per value: a random walk
+    revisits the same few thousand prices and ten sizes (and a Decimal is immutable)."""
+
+    def __init__(self, exponent: int) -> None:
+        super().__init__()
+        self.exponent = exponent
+
+    def __missing__(self, value: int) -> Decimal:
+        exact = self[value] = Decimal(value).scaleb(self.exponent)
+        return exact
+
+
+def _convert(q: Any, symbol: str, start: int, stop: int, cents: _Decimals, units: _Decimals) -> list[ExchangeQuote]:
     rows = zip(
         q.ts_ns[start:stop].tolist(),
         q.bid_cents[start:stop].tolist(),
@@ -321,10 +334,10 @@ def _convert(q: Any, symbol: str, start: int, stop: int) -> list[ExchangeQuote]:
             symbol=symbol,
             exchange=SYNTHETIC_EXCHANGE,
             national=True,
-            bid_price=Decimal(bid).scaleb(-2),
-            bid_size=Decimal(bid_size),
-            ask_price=Decimal(ask).scaleb(-2),
-            ask_size=Decimal(ask_size),
+            bid_price=cents[bid],
+            bid_size=units[bid_size],
+            ask_price=cents[ask],
+            ask_size=units[ask_size],
             suspicious=False,
             provider=SYNTHETIC_PROVIDER,
             ts_event=ts,
@@ -346,5 +359,6 @@ async def synthetic_batches(
     ``simulations``.
     """
     n = len(quotes)
+    cents, units = _Decimals(-2), _Decimals(0)
     for start in range(0, n, batch_size):
-        yield _convert(quotes, symbol, start, start + batch_size)
+        yield _convert(quotes, symbol, start, start + batch_size, cents, units)

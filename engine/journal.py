@@ -710,6 +710,11 @@ class Journal:
             self._start_group()
         return future
 
+    @property
+    def pending(self) -> int:
+        """Rows appended and not yet handed to a commit (at most ``max_pending``)."""
+        return len(self._rows)
+
     async def write(self, record: Message) -> int:
         """Append ``record`` and wait for its commit: the write-ahead call. Returns its seq.
 

@@ -24,10 +24,10 @@ import contextlib
 import hashlib
 import random
 import signal
-from collections.abc import AsyncIterable, Callable, Sequence
+from collections.abc import AsyncIterable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import msgspec
 
@@ -107,6 +107,8 @@ class SessionSummary(msgspec.Struct, kw_only=True):
     realized_pnl: str
     fees: str
     wall_s: float
+    """Replay: from the first event published to the system settled after the last one
+    (start-up, calendars and recovery are in ``startup_s``). Live: the session's length."""
     ticks_per_s: float
     strategy: str
     seed: int
@@ -130,6 +132,9 @@ class SessionSummary(msgspec.Struct, kw_only=True):
     """Bad input skipped during a replay, counted by kind (``malformed_line``, ``truncated_gzip`` …)."""
     input_error_samples: list[InputErrorSample] = msgspec.field(default_factory=list)
     """The first few of them, with file and line."""
+    startup_s: float = 0.0
+    """From creating the actor tree to recovery done: actors started, calendars loaded, the
+    journal's book rebuilt and reconciled. Not part of ``wall_s``."""
 
 
 @dataclass(frozen=True)
@@ -172,42 +177,57 @@ class EventLogBus(Bus):
     def __init__(self) -> None:
         super().__init__()
         self.tapping = True
-        self.messages = 0
         self._digest = hashlib.sha256()
-        self._encode_into = msgspec.json.Encoder(enc_hook=_opaque).encode_into
-        self._pending = bytearray()
-        """Encoded lines not yet hashed: sha256 of a stream does not depend on how it is chunked,
-        and one ``update`` per 64 KiB costs far less than two per message."""
+        self._encode_into = msgspec.msgpack.Encoder(enc_hook=_opaque).encode_into
+        self._buffer = bytearray()
+        self._batch: list[tuple[str, str, object]] = []
+        """Messages not yet encoded. Encoding ``LOG_BATCH`` of them in one call costs far less
+        than one call each; every message is an immutable value, so encoding later sees
+        what was sent. The digest covers one JSON array per batch, a fixed number of
+        messages each: the same messages give the same digest."""
 
     def hexdigest(self) -> str:
-        self._digest.update(self._pending)
-        self._pending.clear()
+        if self._batch:
+            self._encode_batch()
         return self._digest.hexdigest()
 
-    async def publish(self, topic: str, message: object) -> None:
-        if self.tapping:
-            self._log("publish", topic, message)
-        await super().publish(topic, message)
+    def _encode_batch(self) -> None:
+        buffer = self._buffer
+        self._encode_into(self._batch, buffer)
+        self._digest.update(buffer)
+        self._batch.clear()
 
-    async def send(self, address: str, message: object) -> None:
+    # Plain methods returning the base coroutine, not coroutines of their own: a tapped
+    # publish costs one list append, and no second coroutine frame per message.
+
+    def publish(self, topic: str, message: object) -> Coroutine[Any, Any, None]:
+        if self.tapping:
+            batch = self._batch
+            batch.append(("publish", topic, message))
+            if len(batch) >= LOG_BATCH:
+                self._encode_batch()
+        return Bus.publish(self, topic, message)
+
+    def send(self, address: str, message: object) -> Coroutine[Any, Any, None]:
         # A Request here came through request() (logged there), where the base bus sends it.
         if self.tapping and type(message) is not Request:
             self._log("send", address, message)
-        await super().send(address, message)
+        return Bus.send(self, address, message)
 
-    async def request(self, address: str, message: object, timeout_s: float = 5.0) -> Any:
+    def request(self, address: str, message: object, timeout_s: float = 5.0) -> Coroutine[Any, Any, Any]:
         if self.tapping:
             self._log("request", address, message)
-        return await super().request(address, message, timeout_s)
+        return Bus.request(self, address, message, timeout_s)
 
     def _log(self, how: str, where: str, message: object) -> None:
-        self.messages += 1
-        pending = self._pending
-        self._encode_into((how, where, message), pending, -1)
-        pending += b"\n"
-        if len(pending) >= 65536:
-            self._digest.update(pending)
-            pending.clear()
+        batch = self._batch
+        batch.append((how, where, message))
+        if len(batch) >= LOG_BATCH:
+            self._encode_batch()
+
+
+LOG_BATCH: Final = 4096
+"""Messages per encoded batch of the event log (part of what the digest means: do not change lightly)."""
 
 
 def _opaque(value: object) -> str:
@@ -292,7 +312,11 @@ def pricing_policy(config: Config) -> PricingPolicy:
 
 
 def session_tree(
-    config: Config, build_strategy: Callable[[], Strategy], journal: Journal | None = None, boot: int = 0
+    config: Config,
+    build_strategy: Callable[[], Strategy],
+    journal: Journal | None = None,
+    boot: int = 0,
+    default_calendar: str = "XNYS",
 ) -> SupervisorSpec:
     by_symbol = conflate_by(lambda m: m.symbol)
     market_data: dict[type, Policy] = {BestBidOffer: by_symbol}
@@ -304,8 +328,9 @@ def session_tree(
             ActorSpec(SETTLEMENT, lambda: SettlementActor(config.venue.starting_cash, ORDER_MANAGER)),
             ActorSpec(VENUE, lambda: SimulatedVenue(config.venue.fee_per_share)),
             # Replays play recorded time: equity days are gated by the NYSE calendar they were
-            # recorded on (crypto and the synthetic symbol are 24/7 whatever the default).
-            risk(config, market_data, default_calendar="XNYS"),
+            # recorded on (crypto and the synthetic symbol are 24/7 whatever the default). A
+            # synthetic run trades only SYNTH: "24/7" then spares loading the NYSE calendar.
+            risk(config, market_data, default_calendar=default_calendar),
             ActorSpec(STRATEGY, lambda: StrategyActor(build_strategy, SETTLEMENT, boot)),
             ActorSpec(PRICING, lambda: PricingActor(policy)),
         ],
@@ -372,7 +397,12 @@ async def run_replay_session(config: Config, options: SessionOptions) -> Session
     journal = await open_journal(config, options, clock)
     boot = await count_boot(journal)
     root = Supervisor(
-        session_tree(config, build_strategy, journal, boot), bus, clock, random.Random(config.engine.seed)
+        session_tree(
+            config, build_strategy, journal, boot, default_calendar="24/7" if options.synthetic is not None else "XNYS"
+        ),
+        bus,
+        clock,
+        random.Random(config.engine.seed),
     )
     pacer = Pacer(options.speed, LiveClock()) if options.speed is not None else None
     log.info(
@@ -384,13 +414,15 @@ async def run_replay_session(config: Config, options: SessionOptions) -> Session
         synthetic=options.synthetic,
     )
 
-    started = perf_ns()
+    booting = perf_ns()
     root_task = asyncio.create_task(root.run(), name="root-supervisor")
     try:
         await asyncio.wait([asyncio.ensure_future(root.started()), root_task], return_when=asyncio.FIRST_COMPLETED)
         if root_task.done():
             await root_task  # raises why it could not start
         report = await recover(bus, root_task, options.recovery_timeout_s)
+        started = perf_ns()
+        startup_s = (started - booting) / NS_PER_S
         batches: AsyncIterable[Sequence[Recorded]]
         if options.synthetic is not None:
             if options.synthetic < 0:
@@ -413,6 +445,7 @@ async def run_replay_session(config: Config, options: SessionOptions) -> Session
             bus, root, config, strategy_name, files, result, wall_s, report=report, journal=journal
         )
         summary.event_log_sha256 = bus.hexdigest()
+        summary.startup_s = round(startup_s, 3)
         summary.input_errors = dict(sorted(errors.counts.items()))
         summary.input_error_samples = list(errors.samples)
     finally:

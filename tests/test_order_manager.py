@@ -25,7 +25,7 @@ from engine import topics
 from engine.actor import Actor
 from engine.bus import Bus
 from engine.clock import LiveClock
-from engine.journal import Journal
+from engine.journal import Journal, JournalError
 from engine.messages import (
     ApprovedOrder,
     Fill,
@@ -300,6 +300,30 @@ async def test_a_full_disk_stops_the_order_path_and_says_why(journal_path: Path)
         assert "journal write failed" in refusals[-1].detail
         assert node.watcher.states[-1].state is TradingState.HALTED
         assert "journal write failed" in node.watcher.states[-1].reason
+
+
+async def test_a_fill_whose_commit_fails_is_kept_and_halts_trading(journal_path: Path) -> None:
+    """Venue reports are applied without waiting for their commit; a commit that then fails
+    still stops the order path (through the actor's mailbox), and the fill stays booked."""
+    async with Node(journal_path) as node:
+        await node.recover()
+        await node.approve("10")
+        await node.report(update("t-1", OrderStatus.NEW))
+        await node.journal.limit_pages(1)
+        for n in range(400):  # partial fills of one big order until a commit needs a new page
+            await node.report(execution("t-1", f"e{n}", "0.001", cum=str(D("0.001") * (n + 1))))
+            try:
+                await node.journal.flush()
+            except JournalError:
+                break  # the commit behind this fill failed
+        await eventually(lambda: bool(node.watcher.states) and node.watcher.states[-1].state is TradingState.HALTED,
+                         "HALTED after the failed commit")
+        assert "journal write failed" in node.watcher.states[-1].reason
+        booked = sum((f.qty for f in node.watcher.fills), D(0))
+        assert node.om.book.positions == {"XYZ": booked}  # every fill published is in the book
+        sent = len(node.venue.orders)
+        await node.approve()
+        assert len(node.venue.orders) == sent  # nothing goes out after the journal failed
 
 
 async def test_an_unacknowledged_order_is_looked_up_then_escalated(journal_path: Path) -> None:
