@@ -384,6 +384,49 @@ class TradingStateChanged(Event, frozen=True, kw_only=True):
     state: TradingState
     reason: str
     ts_init: int
+    cause: str = ""
+    """What moved it: ``recovery``, ``operator``, ``daily_loss``, ``drawdown``, ``journal``,
+    ``unacknowledged_order`` … (empty in journals written before causes were recorded)."""
+
+
+class TradingStateRequest(Event, frozen=True, kw_only=True):
+    """Risk → order manager (``trading.request``): journal this state, then announce it on
+    ``trading.state``. The order manager is the journal's only writer; a state takes effect
+    when risk hears it back, so a state that could not be journaled is still announced (and
+    logged as not durable) rather than lost."""
+
+    state: TradingState
+    reason: str
+    cause: str
+    ts_init: int
+
+
+class OperatorAction(enum.StrEnum):
+    HALT = "halt"
+    """Kill switch: no new orders, working orders cancelled. Survives restarts."""
+    RESUME = "resume"
+    """Back to ``ACTIVE`` (only from ``HALTED`` or ``REDUCING`` set by an operator or a limit)."""
+    FLATTEN = "flatten"
+    """``REDUCING``, then an order closing every open position (risk-reducing orders only)."""
+
+
+class OperatorCommand(Event, frozen=True, kw_only=True):
+    """An operator's instruction from the control channel (``kestrel halt|resume|flatten``)."""
+
+    action: OperatorAction
+    reason: str
+    operator: str
+    """Who, as the control channel identified them (never a credential)."""
+    ts_init: int
+
+
+class OperatorReply(Event, frozen=True, kw_only=True):
+    accepted: bool
+    state: TradingState
+    """The trading state after the command."""
+    detail: str
+    intents: list[str] = []
+    """Intent ids of the orders a flatten emitted."""
 
 
 # ---------------------------------------------------------------- reconciliation
@@ -495,6 +538,35 @@ class PortfolioSnapshot(Event, frozen=True, kw_only=True):
     fills: int
 
 
+class AccountState(Event, frozen=True, kw_only=True):
+    """The ledger's view after a fill (``account.state``): what risk's account checks read.
+
+    Quantities are signed (short < 0). Money is exact. Prices for exposure come from the
+    reader's own marks (risk keeps the latest NBBO), not from here.
+    """
+
+    account_type: str
+    """``cash`` or ``margin``."""
+    cash: Decimal
+    settled_cash: Decimal
+    """Cash whose trades have settled (T+1 for US equities on the exchange calendar)."""
+    positions: dict[str, Decimal]
+    avg_prices: dict[str, Decimal]
+    realized_pnl: Decimal
+    fees: Decimal
+    fills: int
+    trade_date: str
+    """ISO date of the engine clock's trading day (New York) this state was computed for."""
+    opened_today: dict[str, Decimal]
+    """Per symbol, signed quantity opened on ``trade_date`` and still open: closing it is a day trade."""
+    day_trades: int
+    """Day trades in the last five business days, ``trade_date`` included."""
+    gfv_restricted: dict[str, Decimal]
+    """Cash accounts: per symbol, quantity bought with unsettled proceeds whose sale before
+    those proceeds settle would be a good-faith violation."""
+    ts_init: int
+
+
 class FillHistoryQuery(Event, frozen=True, kw_only=True):
     """Ask the order manager for every fill it has booked (a restarted ledger rebuilds from it)."""
 
@@ -542,6 +614,10 @@ Message = (
     | Recover
     | RecoveryReport
     | TradingStateChanged
+    | TradingStateRequest
+    | OperatorCommand
+    | OperatorReply
+    | AccountState
     | VenueStatus
     | PortfolioQuery
     | PortfolioSnapshot

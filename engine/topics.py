@@ -16,7 +16,9 @@ topic              messages                                    from → to
 ``order.fill``     Fill, AccountBaseline                       order manager → settlement, strategies
 ``order.event``    RiskRejected, OrderUpdate                   risk, order manager → strategies
 ``venue.status``   VenueStatus                                 venue adapter → risk
-``trading.state``  TradingStateChanged                         order manager (journal) → risk
+``trading.state``  TradingStateChanged                         order manager (journal) → risk, strategies
+``trading.request`` TradingStateRequest                        risk → order manager (which journals it)
+``account.state``  AccountState                                settlement → risk
 =================  ==========================================  ===========================
 """
 
@@ -34,3 +36,5 @@ ORDER_FILL: Final = "order.fill"
 ORDER_EVENT: Final = "order.event"
 VENUE_STATUS: Final = "venue.status"
 TRADING_STATE: Final = "trading.state"
+TRADING_REQUEST: Final = "trading.request"
+ACCOUNT_STATE: Final = "account.state"
