@@ -58,6 +58,7 @@ from engine.messages import (
     AccountBaseline,
     ActorStats,
     ApprovedOrder,
+    CancelOrder,
     Fill,
     FillHistory,
     FillHistoryQuery,
@@ -76,6 +77,7 @@ from engine.messages import (
     SubmitOrder,
     TradingState,
     TradingStateChanged,
+    TradingStateRequest,
     VenueExecution,
     VenueOrder,
     VenueSnapshot,
@@ -171,6 +173,7 @@ class OrderManagerActor(Actor):
             "reconciled": 0,
             "ack_lookups": 0,
             "journal_failures": 0,
+            "halt_cancels": 0,
         }
 
     # ------------------------------------------------------------ lifecycle
@@ -178,6 +181,7 @@ class OrderManagerActor(Actor):
     async def on_start(self) -> None:
         self.ctx.subscribe(topics.ORDER_APPROVED)
         self.ctx.subscribe(topics.VENUE_REPORT)
+        self.ctx.subscribe(topics.TRADING_REQUEST)
         if self.journal is not None:
             await self._rebuild(self.journal)
         self._arm_watchdog()
@@ -221,6 +225,8 @@ class OrderManagerActor(Actor):
             await self._on_update(message)
         elif kind is _WatchdogTick:
             await self._watchdog()
+        elif kind is TradingStateRequest:
+            await self._set_state(message.state, message.reason, message.cause)
         elif kind is _ReportNotJournaled:
             await self._journal_failed(message.error)
         elif kind is Recover:
@@ -309,12 +315,15 @@ class OrderManagerActor(Actor):
             return
         self.journal_failed = str(exc)
         self.ctx.log.critical("journal_failed_order_path_stopped", error=str(exc))
-        await self._publish_state(TradingState.HALTED, f"journal write failed: {exc}")
-
-    async def _publish_state(self, state: TradingState, reason: str) -> None:
+        reason = f"journal write failed: {exc}"
+        # Not journaled (the journal is what failed): announced, and working orders cancelled.
         await self.ctx.publish(
-            topics.TRADING_STATE, TradingStateChanged(state=state, reason=reason, ts_init=self.ctx.clock.time_ns())
+            topics.TRADING_STATE,
+            TradingStateChanged(
+                state=TradingState.HALTED, reason=reason, cause="journal", ts_init=self.ctx.clock.time_ns()
+            ),
         )
+        await self._cancel_working(reason)
 
     # ------------------------------------------------------------ orders
 
@@ -479,16 +488,30 @@ class OrderManagerActor(Actor):
             f"order {order.client_order_id} unacknowledged after {self.max_ack_lookups} venue lookups: halting"
         )
         self.ctx.log.critical("order_unacknowledged_escalated", client_order_id=order.client_order_id)
-        await self._set_state(TradingState.HALTED, reason)
+        await self._set_state(TradingState.HALTED, reason, "unacknowledged_order")
 
-    async def _set_state(self, state: TradingState, reason: str) -> None:
-        record = TradingStateChanged(state=state, reason=reason, ts_init=self.ctx.clock.time_ns())
+    async def _set_state(self, state: TradingState, reason: str, cause: str) -> None:
+        """Journal a trading state, announce it; entering ``HALTED`` cancels every working order."""
+        record = TradingStateChanged(state=state, reason=reason, cause=cause, ts_init=self.ctx.clock.time_ns())
         try:
             await self._record(record)
         except JournalError as exc:
             # _record has halted the order path already; this change is not durable.
             self.ctx.log.error("trading_state_not_journaled", state=state.value, error=str(exc))
         await self.ctx.publish(topics.TRADING_STATE, record)
+        if state is TradingState.HALTED:
+            await self._cancel_working(reason)
+
+    async def _cancel_working(self, reason: str) -> None:
+        working = self.book.working()
+        if not working:
+            return
+        self.counters["halt_cancels"] += len(working)
+        self.ctx.log.warning("halt_cancelling_working_orders", orders=len(working), reason=reason)
+        now = self.ctx.clock.time_ns()
+        for order in working:
+            cancel = CancelOrder(client_order_id=order.client_order_id, ts_init=now)
+            await self.ctx.publish(topics.VENUE_COMMAND, cancel)
 
     # ------------------------------------------------------------ recovery
 
@@ -548,10 +571,14 @@ class OrderManagerActor(Actor):
             state, reason = TradingState.HALTED, "journal and venue disagree: " + "; ".join(mismatches)
         elif book.trading_state is TradingState.HALTED:
             state, reason = TradingState.HALTED, f"kill switch still on: {book.trading_reason}"
+        elif book.trading_state is TradingState.REDUCING:
+            state, reason = TradingState.REDUCING, f"still reducing: {book.trading_reason}"
         else:
             state, reason = TradingState.ACTIVE, "recovered: journal and venue agree"
         if state is not book.trading_state or reason != book.trading_reason:
-            await self._record(TradingStateChanged(state=state, reason=reason, ts_init=self.ctx.clock.time_ns()))
+            await self._record(
+                TradingStateChanged(state=state, reason=reason, cause="recovery", ts_init=self.ctx.clock.time_ns())
+            )
         if self.journal is not None:
             await self._snapshot()
         report = RecoveryReport(
@@ -567,7 +594,12 @@ class OrderManagerActor(Actor):
         )
         log = self.ctx.log.critical if state is TradingState.HALTED else self.ctx.log.info
         log("recovery_finished", **msgspec.structs.asdict(report))
-        await self._publish_state(state, reason)
+        await self.ctx.publish(
+            topics.TRADING_STATE,
+            TradingStateChanged(state=state, reason=reason, cause="recovery", ts_init=self.ctx.clock.time_ns()),
+        )
+        if state is TradingState.HALTED:
+            await self._cancel_working(reason)
         return report
 
     async def _adopt(self, venue_order: VenueOrder) -> None:

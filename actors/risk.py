@@ -41,26 +41,75 @@ venue, before the price and size checks, in this order:
   plan runs), so yesterday's bands never block a post-market limit order.
 
 There is no bypass: a gate is lifted only by the message that says the condition ended.
+
+Trading states (DESIGN §6). ``ACTIVE`` trades; ``REDUCING`` approves only orders that
+shrink a position (:func:`actors.pretrade.reduces_exposure`), refusing the rest with
+``TRADING_REDUCING``; ``HALTED`` approves nothing, and entering it cancels every working
+order (the order manager does that when it journals the state). Risk moves the state by
+asking the order manager (``TradingStateRequest`` on ``trading.request``), which journals
+it with its cause and announces it; so every transition survives a restart. Causes:
+
+- an operator (``kestrel halt|resume|flatten`` through the control channel: an
+  ``OperatorCommand`` request to this actor). Flatten moves to ``REDUCING`` and sends a
+  market order closing every open position, checked like any other intent;
+- the day's loss (realised and unrealised, from the day's first equity) reaching
+  ``daily_loss_limit`` → ``daily_loss_action`` (``REDUCING`` by default);
+- a drawdown from the equity high-water mark reaching ``max_drawdown_pct`` → ``HALTED``.
+
+A more restrictive state applies at once, before the order manager's announcement
+arrives (it cannot be wrong to refuse more); ``resume`` takes effect when it is journaled.
+
+Pre-trade checks after the gates (:mod:`actors.pretrade`, limits resolved per account,
+strategy and symbol by :class:`actors.risk_policy.RiskPolicy`): quantity, notional, price
+collar, lot size and fractionability, ADV participation, duplicates, order rate, open
+orders, self-trade, short sale without a locate, buying power counting working orders,
+position, gross and net exposure, leverage, symbol and sector concentration. Then the
+account rules from the ledger's ``AccountState``: ``GOOD_FAITH_VIOLATION`` (cash accounts:
+selling what unsettled proceeds bought) and the day-trading rule in force on the engine
+clock's date (``PATTERN_DAY_TRADER`` / ``INTRADAY_MARGIN``, :mod:`actors.day_trading`).
+
+The runaway guard runs first: a strategy sending more than ``runaway_intents_per_s``
+intents in a second, or with ``runaway_rejected_streak`` rejections in a row, is paused
+(``STRATEGY_PAUSED``) until an operator resumes trading.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+import dataclasses
+import datetime as dt
+from collections import Counter, deque
 from collections.abc import Mapping
+from decimal import Decimal
 from fnmatch import fnmatchcase
 from typing import Any, Final
+from zoneinfo import ZoneInfo
 
+import msgspec
+
+from actors.day_trading import DayTradingConfig, check_day_trade
+from actors.pretrade import AccountView, PreTradeChecker, Rejection, WorkingOrder, reduces_exposure
+from actors.risk_policy import RiskPolicy
 from engine import topics
 from engine.actor import Actor
 from engine.calendar import ALWAYS_OPEN, CalendarRangeError, MarketSession, SessionCalendar, load_calendar
+from engine.clock import NS_PER_S
 from engine.config import RiskSection
 from engine.messages import (
+    AccountBaseline,
+    AccountState,
     ActorStats,
     ApprovedOrder,
     BestBidOffer,
+    Fill,
     MarketDataStatus,
+    OperatorAction,
+    OperatorCommand,
+    OperatorReply,
     OrderIntent,
     OrderType,
+    OrderUpdate,
+    PortfolioQuery,
+    PortfolioSnapshot,
     ProviderSwitched,
     RiskRejected,
     Side,
@@ -69,8 +118,11 @@ from engine.messages import (
     TimeInForce,
     TradingState,
     TradingStateChanged,
+    TradingStateRequest,
     VenueStatus,
 )
+
+ZERO: Final = Decimal(0)
 
 DEFAULT_CALENDAR: Final = "XNYS"
 """US equities: the NYSE calendar (sessions, holidays, early closes)."""
@@ -96,8 +148,49 @@ class RiskActor(Actor):
         calendars: Mapping[str, str] | None = None,
         default_calendar: str = DEFAULT_CALENDAR,
         extended_hours: bool = False,
+        starting_cash: Decimal = Decimal(100_000),
+        ledger_address: str | None = None,
     ) -> None:
-        self.limits = limits
+        self.ledger_address = ledger_address
+        """Where to ask, at start, for the positions and cash a restart begins with."""
+        self.section = limits
+        self.policy = RiskPolicy(limits)
+        self.sectors = self.policy.sectors()
+        self.checker = PreTradeChecker()
+        rule = limits.day_trading
+        self.day_trading = DayTradingConfig(
+            account_type=limits.account_type,
+            pdt_min_equity=rule.pdt_min_equity,
+            pdt_max_day_trades=rule.pdt_max_day_trades,
+            replacement_adopted_on=rule.replacement_adopted_on,
+            policy=rule.policy,
+        )
+        self.account = AccountState(
+            account_type=limits.account_type,
+            cash=starting_cash,
+            settled_cash=starting_cash,
+            positions={},
+            avg_prices={},
+            realized_pnl=ZERO,
+            fees=ZERO,
+            fills=0,
+            trade_date="",
+            opened_today={},
+            day_trades=0,
+            gfv_restricted={},
+            ts_init=0,
+        )
+        """The ledger's latest word (``account.state``); until the first, the starting cash."""
+        self.working: dict[str, WorkingOrder] = {}
+        """Approved orders not yet done, by intent id (from approvals, fills and order events)."""
+        self.paused: dict[str, str] = {}
+        """strategy → why the runaway guard paused it (until an operator resumes trading)."""
+        self.rejected_streak: dict[str, int] = {}
+        self._intent_times: dict[str, deque[int]] = {}
+        self.equity = EquityWatch()
+        self._mark_armed = False
+        self._flattens = 0
+        self._latest_ns = 0
         self.state = state
         self.state_reason = "initial state"
         self.quotes: dict[str, BestBidOffer] = {}
@@ -127,6 +220,15 @@ class RiskActor(Actor):
         self.ctx.subscribe(topics.ORDER_INTENT)
         self.ctx.subscribe(topics.VENUE_STATUS)
         self.ctx.subscribe(topics.TRADING_STATE)
+        self.ctx.subscribe(topics.ACCOUNT_STATE)
+        if self.ledger_address is not None:
+            # A restart begins with positions: without them every sell would look like a short.
+            book: PortfolioSnapshot = await self.ctx.request(self.ledger_address, PortfolioQuery())
+            self.account = msgspec.structs.replace(
+                self.account, cash=book.cash, settled_cash=book.cash, positions=dict(book.positions)
+            )
+        self.ctx.subscribe(topics.ORDER_FILL)
+        self.ctx.subscribe(topics.ORDER_EVENT)
 
     async def handle(self, message: Any) -> Any:
         kind = type(message)
@@ -144,6 +246,23 @@ class RiskActor(Actor):
             self._venue_status(message)
         elif kind is TradingStateChanged:
             self._trading_state(message)
+        elif kind is AccountState:
+            self.account = message
+            await self._mark()
+        elif kind is Fill:
+            self._filled(message)
+        elif kind is OrderUpdate:
+            if message.status.is_terminal and message.intent_id is not None:
+                self.working.pop(message.intent_id, None)
+        elif kind is RiskRejected:
+            self.working.pop(message.intent_id, None)  # ours, or the order manager's refusal
+        elif kind is AccountBaseline:
+            pass  # the ledger's AccountState follows it
+        elif kind is _MarkTick:
+            self._mark_armed = False
+            await self._mark()
+        elif kind is OperatorCommand:
+            return await self._operator(message)
         elif kind is StatsQuery:
             return ActorStats(
                 counters={
@@ -222,8 +341,11 @@ class RiskActor(Actor):
     # ------------------------------------------------------------ the checks
 
     async def _check(self, intent: OrderIntent) -> None:
-        limits = self.limits
-        if self.state is not TradingState.ACTIVE:
+        if self._runaway(intent):
+            paused = self.paused[intent.strategy]
+            await self._reject(intent, "STRATEGY_PAUSED", f"strategy {intent.strategy} is paused: {paused}", {})
+            return
+        if self.state is not TradingState.ACTIVE and self.state is not TradingState.REDUCING:
             code = f"TRADING_{self.state.name}"
             await self._reject(intent, code, f"trading is {self.state.value}: {self.state_reason}", {})
             return
@@ -247,7 +369,7 @@ class RiskActor(Actor):
         if bbo is None:
             await self._reject(intent, "STALE_DATA", "no fresh quote seen for the symbol yet", {"quote_seen": "false"})
             return
-        now = self.ctx.clock.time_ns()
+        now = self._now()
         calendar = self.calendar_for(symbol)
         try:
             interval = calendar.interval_at(now)
@@ -301,29 +423,233 @@ class RiskActor(Actor):
                 if intent.side is Side.BUY
                 else min(reference, intent.limit_price)
             )
-        inputs = {"qty": str(intent.qty), "reference_price": str(reference)}
-        if intent.qty <= 0:
-            await self._reject(intent, "INVALID_QTY", "quantity must be positive", inputs)
+        if self.state is TradingState.REDUCING:
+            position = self.account.positions.get(symbol, ZERO)
+            if not reduces_exposure(intent, position, self._working_in(symbol)):
+                inputs = {"position": str(position), "qty": str(intent.qty), "side": intent.side.value}
+                why = f"trading is reducing ({self.state_reason}): only orders that shrink a position"
+                await self._reject(intent, "TRADING_REDUCING", why, inputs)
+                return
+        decision = self.checker.check(
+            intent,
+            quoted,  # the market's price: a limit is collared against it, not against itself
+            now,
+            self.policy.limits(intent.strategy, symbol),
+            self.policy.asset(symbol),
+            self._account_view(),
+            list(self.working.values()),
+            sectors=self.sectors,
+        )
+        if isinstance(decision, Rejection):
+            await self._reject(intent, decision.code, decision.detail, decision.inputs)
             return
-        if intent.qty > limits.max_order_qty:
-            inputs["max_order_qty"] = str(limits.max_order_qty)
-            await self._reject(intent, "MAX_ORDER_QTY", f"qty {intent.qty} > {limits.max_order_qty}", inputs)
+        account_rule = self._account_rules(intent, reference)
+        if account_rule is not None:
+            await self._reject(intent, *account_rule)
             return
-        notional = intent.qty * reference
-        if notional > limits.max_order_notional:
-            inputs.update(notional=str(notional), max_order_notional=str(limits.max_order_notional))
-            await self._reject(
-                intent, "MAX_ORDER_NOTIONAL", f"notional {notional} > {limits.max_order_notional}", inputs
-            )
-            return
+        self.checker.record_approved(intent, now)
+        self.working[intent.intent_id] = WorkingOrder(
+            client_order_id=intent.intent_id,
+            strategy=intent.strategy,
+            symbol=symbol,
+            side=intent.side,
+            remaining_qty=intent.qty,
+            limit_price=intent.limit_price,
+            reference_price=reference,
+        )
         self.approved += 1
+        self.rejected_streak.pop(intent.strategy, None)
         await self.ctx.publish(
             topics.ORDER_APPROVED,
-            ApprovedOrder(intent=intent, reference_price=reference, ts_init=self.ctx.clock.time_ns()),
+            ApprovedOrder(intent=intent, reference_price=reference, ts_init=now, inputs=decision.inputs),
         )
+
+    def _now(self) -> int:
+        """The engine clock, never earlier than the last time the checks saw: a wall clock
+        stepped back (NTP) must not reopen a duplicate or rate window, nor crash the checks."""
+        now = self._latest_ns = max(self.ctx.clock.time_ns(), self._latest_ns)
+        return now
+
+    # ------------------------------------------------------------ account, working orders, marks
+
+    def _filled(self, fill: Fill) -> None:
+        order = self.working.get(fill.intent_id)
+        if order is None:
+            return
+        remaining = order.remaining_qty - fill.qty
+        if remaining > 0:
+            self.working[fill.intent_id] = dataclasses.replace(order, remaining_qty=remaining)
+        else:
+            del self.working[fill.intent_id]
+
+    def _working_in(self, symbol: str) -> list[WorkingOrder]:
+        return [o for o in self.working.values() if o.symbol == symbol]
+
+    def _marks(self) -> dict[str, Decimal]:
+        return {s: (q.bid_price + q.ask_price) / 2 for s, q in self.quotes.items()}
+
+    def _equity(self, marks: Mapping[str, Decimal]) -> Decimal:
+        account = self.account
+        value = account.cash
+        for symbol, qty in account.positions.items():
+            mark = marks.get(symbol, account.avg_prices.get(symbol, ZERO))
+            value += qty * mark
+        return value
+
+    def _account_view(self) -> AccountView:
+        marks = self._marks()
+        equity = self._equity(marks)
+        account = self.account
+        if self.section.account_type == "cash":
+            buying_power = max(account.cash, ZERO)
+        else:
+            gross = sum((abs(q) * marks.get(s, account.avg_prices.get(s, ZERO)) for s, q in account.positions.items()),
+                        ZERO)
+            buying_power = max(equity * self.section.margin_multiplier - gross, ZERO)
+        return AccountView(equity=equity, buying_power=buying_power, positions=account.positions, marks=marks)
+
+    def _account_rules(self, intent: OrderIntent, reference: Decimal) -> tuple[str, str, dict[str, str]] | None:
+        """Good-faith violations (cash accounts) and the day-trading rule in force today."""
+        account = self.account
+        symbol = intent.symbol
+        position = account.positions.get(symbol, ZERO)
+        if self.section.account_type == "cash" and intent.side is Side.SELL:
+            restricted = account.gfv_restricted.get(symbol, ZERO)
+            sellable = max(position - restricted, ZERO)
+            if restricted > 0 and intent.qty > sellable:
+                inputs = {"qty": str(intent.qty), "position": str(position), "gfv_restricted": str(restricted)}
+                why = (f"selling {intent.qty} {symbol} would sell shares bought with unsettled proceeds "
+                       f"({restricted} restricted until they settle): a good-faith violation")
+                return "GOOD_FAITH_VIOLATION", why, inputs
+        day = trade_date_of(self.ctx.clock.time_ns())
+        view = self._account_view()
+        same_day = account.trade_date == day.isoformat()
+        return check_day_trade(
+            self.day_trading,
+            day,
+            intent_side=intent.side,
+            intent_qty=intent.qty,
+            notional=intent.qty * reference,
+            position=position,
+            opened_today=account.opened_today.get(symbol, ZERO) if same_day else ZERO,
+            day_trades=account.day_trades,
+            equity=view.equity,
+            intraday_buying_power=view.buying_power,
+            symbol=symbol,
+        )
+
+    async def _mark(self) -> None:
+        """Mark the book to market: the day's loss and the drawdown limits may move the state."""
+        marks = self._marks()
+        equity = self._equity(marks)
+        now = self.ctx.clock.time_ns()
+        watch = self.equity
+        watch.observe(trade_date_of(now), equity)
+        section = self.section
+        if self.state is TradingState.ACTIVE:
+            limit = section.daily_loss_limit
+            if limit is None:
+                limit = watch.day_start * section.daily_loss_limit_pct / 100
+            loss = watch.day_start - equity
+            if loss >= limit > 0:
+                state = TradingState.HALTED if section.daily_loss_action == "halted" else TradingState.REDUCING
+                await self._request_state(state, f"daily loss {loss} reached the limit {limit}", "daily_loss")
+        if self.state is not TradingState.HALTED and section.max_drawdown_pct is not None and watch.high > 0:
+            drawdown_pct = (watch.high - equity) * 100 / watch.high
+            if drawdown_pct >= section.max_drawdown_pct:
+                why = (f"drawdown {drawdown_pct:.2f}% from the high-water mark {watch.high} "
+                       f"(limit {section.max_drawdown_pct}%)")
+                await self._request_state(TradingState.HALTED, why, "drawdown")
+        if self.account.positions and not self._mark_armed:
+            self._mark_armed = True
+            self.ctx.tell_self_at(now + round(section.mark_interval_s * NS_PER_S), _MARK)
+
+    # ------------------------------------------------------------ trading state and operators
+
+    async def _request_state(self, state: TradingState, reason: str, cause: str) -> None:
+        if _RESTRICTIVENESS[state] > _RESTRICTIVENESS[self.state]:
+            self.ctx.log.warning("trading_state_requested", old=self.state.value, new=state.value, reason=reason,
+                                 cause=cause)
+            self.state, self.state_reason = state, reason  # refusing more at once is never wrong
+        await self.ctx.publish(
+            topics.TRADING_REQUEST,
+            TradingStateRequest(state=state, reason=reason, cause=cause, ts_init=self.ctx.clock.time_ns()),
+        )
+
+    async def _operator(self, command: OperatorCommand) -> OperatorReply:
+        who = f"{command.operator}: {command.reason}"
+        self.ctx.log.warning("operator_command", action=command.action.value, operator=command.operator,
+                             reason=command.reason)
+        if self.state is TradingState.RECOVERING:
+            return OperatorReply(accepted=False, state=self.state, detail="still recovering: try again when it is done")
+        if command.action is OperatorAction.HALT:
+            await self._request_state(TradingState.HALTED, f"operator halt ({who})", "operator")
+            return OperatorReply(accepted=True, state=self.state, detail="halted; working orders are being cancelled")
+        if command.action is OperatorAction.RESUME:
+            paused = sorted(self.paused)
+            self.paused.clear()
+            self.rejected_streak.clear()
+            await self._request_state(TradingState.ACTIVE, f"operator resume ({who})", "operator")
+            detail = "resuming" + (f"; strategies unpaused: {', '.join(paused)}" if paused else "")
+            return OperatorReply(accepted=True, state=TradingState.ACTIVE, detail=detail)
+        if self.state is TradingState.HALTED:
+            return OperatorReply(accepted=False, state=self.state, detail="halted: resume before flattening")
+        await self._request_state(TradingState.REDUCING, f"operator flatten ({who})", "operator")
+        intents = []
+        now = self.ctx.clock.time_ns()
+        for symbol, qty in sorted(self.account.positions.items()):
+            pending = sum((o.remaining_qty for o in self._working_in(symbol)
+                           if (o.side is Side.SELL) == (qty > 0)), ZERO)
+            close = abs(qty) - pending
+            if close <= 0:
+                continue
+            self._flattens += 1
+            intent = OrderIntent(
+                intent_id=f"operator-flatten.{now}-{self._flattens}",
+                strategy=OPERATOR,
+                symbol=symbol,
+                side=Side.SELL if qty > 0 else Side.BUY,
+                qty=close,
+                order_type=OrderType.MARKET,
+                ts_init=now,
+            )
+            intents.append(intent.intent_id)
+            await self._check(intent)
+        return OperatorReply(
+            accepted=True, state=self.state, detail=f"reducing; {len(intents)} closing orders", intents=intents
+        )
+
+    def _runaway(self, intent: OrderIntent) -> bool:
+        """The runaway guard: True when the strategy is (now) paused."""
+        strategy = intent.strategy
+        if strategy in self.paused:
+            return True
+        limit = self.section.runaway_intents_per_s
+        if limit is None or strategy == OPERATOR:
+            return False
+        now = self.ctx.clock.time_ns()
+        times = self._intent_times.get(strategy)
+        if times is None:
+            times = self._intent_times[strategy] = deque()
+        times.append(now)
+        while times and times[0] <= now - NS_PER_S:
+            times.popleft()
+        if len(times) > limit:
+            self._pause(strategy, f"{len(times)} intents within a second (limit {limit})")
+            return True
+        return False
+
+    def _pause(self, strategy: str, why: str) -> None:
+        self.paused[strategy] = why
+        self._intent_times.pop(strategy, None)
+        self.ctx.log.error("strategy_paused", strategy=strategy, reason=why)
 
     async def _reject(self, intent: OrderIntent, reason: str, detail: str, inputs: dict[str, str]) -> None:
         self.rejections[reason] += 1
+        streak = self.rejected_streak[intent.strategy] = self.rejected_streak.get(intent.strategy, 0) + 1
+        limit = self.section.runaway_rejected_streak
+        if limit is not None and streak >= limit and intent.strategy not in self.paused:
+            self._pause(intent.strategy, f"{streak} rejected intents in a row")
         self.ctx.log.info("intent_rejected", reason=reason, detail=detail, **inputs)
         await self.ctx.publish(
             topics.ORDER_EVENT,
@@ -337,3 +663,46 @@ class RiskActor(Actor):
                 ts_init=self.ctx.clock.time_ns(),
             ),
         )
+
+
+OPERATOR: Final = "operator"
+"""The strategy name of orders an operator's flatten sends."""
+
+_RESTRICTIVENESS: Final = {
+    TradingState.ACTIVE: 0,
+    TradingState.REDUCING: 1,
+    TradingState.RECOVERING: 2,
+    TradingState.HALTED: 3,
+}
+
+
+class _MarkTick:
+    """Sent to itself every ``mark_interval_s`` while positions are open."""
+
+
+_MARK: Final = _MarkTick()
+
+
+class EquityWatch:
+    """The day's first equity and the high-water mark, for the loss and drawdown limits."""
+
+    __slots__ = ("day", "day_start", "high")
+
+    def __init__(self) -> None:
+        self.day: dt.date | None = None
+        self.day_start = ZERO
+        self.high = ZERO
+
+    def observe(self, day: dt.date, equity: Decimal) -> None:
+        if day != self.day:
+            self.day, self.day_start = day, equity
+        if equity > self.high:
+            self.high = equity
+
+
+_NEW_YORK: Final = ZoneInfo("America/New_York")
+
+
+def trade_date_of(ts_ns: int) -> dt.date:
+    """The trading day (New York) an engine-clock time belongs to."""
+    return dt.datetime.fromtimestamp(ts_ns / NS_PER_S, _NEW_YORK).date()

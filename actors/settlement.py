@@ -1,18 +1,27 @@
-"""The settlement actor: the ledger of positions, cash and realised P&L, built from fills.
+"""The settlement actor: hosts the :class:`~actors.ledger.Ledger` and tells risk the account's state.
 
-Positions may be long or short, kept as first-in-first-out lots: a fill first closes
-the oldest opposite lots, realising ``(price - lot price) × qty`` in the lot's
-direction, and opens a new lot with what is left. Cash moves by ``∓ price × qty`` and
-fees; realised P&L is net of fees. All arithmetic is decimal and no step divides, so a
-book that returns to flat has realised exactly its change in cash.
+The bookkeeping itself (FIFO lots, realised P&L, T+1 settlement, good-faith restrictions,
+day trades) lives in :mod:`actors.ledger`; this actor feeds it fills, answers
+``PortfolioQuery`` and, after every fill it books and after an account baseline,
+publishes an :class:`~engine.messages.AccountState` on ``account.state`` for the trading
+day the engine clock is in.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from decimal import Decimal
 from typing import Any
 
+from actors.ledger import (
+    SAME_DAY_SETTLEMENT,
+    AccountType,
+    Ledger,
+    Position,
+    SettleDate,
+    SettlementRule,
+    account_trade_date,
+    business_days,
+)
 from engine import topics
 from engine.actor import Actor
 from engine.messages import (
@@ -22,93 +31,13 @@ from engine.messages import (
     FillHistory,
     FillHistoryQuery,
     PortfolioQuery,
-    PortfolioSnapshot,
     StatsQuery,
 )
 
-ZERO = Decimal(0)
+__all__ = ["WINDOW_BUSINESS_DAYS", "Ledger", "Position", "SettlementActor", "SettlementRule"]
 
-
-class Position:
-    """A position as first-in-first-out lots of (signed quantity, price)."""
-
-    __slots__ = ("lots", "qty")
-
-    def __init__(self) -> None:
-        self.qty = ZERO
-        self.lots: deque[list[Decimal]] = deque()
-
-    @property
-    def avg_price(self) -> Decimal:
-        """Average price of the open lots (for display; realised P&L never divides)."""
-        if not self.qty:
-            return ZERO
-        return sum((q * p for q, p in self.lots), ZERO) / self.qty
-
-
-class Ledger:
-    """Pure bookkeeping, separate from the actor so it can be tested and replayed on its own."""
-
-    def __init__(self, cash: Decimal) -> None:
-        self.cash = cash
-        self.positions: dict[str, Position] = {}
-        self.realized_pnl = ZERO
-        self.fees = ZERO
-        self.fills = 0
-        self.execution_ids: set[str] = set()
-
-    def set_baseline(self, cash: Decimal, positions: dict[str, Decimal]) -> None:
-        """Start from an account as the venue reported it: cash, and positions of unknown cost.
-
-        A baseline position's cost is unknown to us, so its lot is priced at zero and
-        realised P&L on closing it is not meaningful; cash and quantities are exact.
-        """
-        self.cash = cash
-        for symbol, qty in positions.items():
-            if qty:
-                position = self.positions[symbol] = Position()
-                position.qty = qty
-                position.lots.append([qty, ZERO])
-
-    def apply(self, fill: Fill) -> bool:
-        """Book a fill; False (and no change) if its execution id was booked before."""
-        if fill.execution_id in self.execution_ids:
-            return False
-        self.execution_ids.add(fill.execution_id)
-        signed = fill.qty * fill.side.sign
-        price = fill.price
-        position = self.positions.get(fill.symbol)
-        if position is None:
-            position = self.positions[fill.symbol] = Position()
-        self.cash -= signed * price + fill.fee
-        self.fees += fill.fee
-        self.realized_pnl -= fill.fee
-        self.fills += 1
-        lots = position.lots
-        remaining = signed
-        # Close opposite lots first, oldest first: exact, no division anywhere.
-        while remaining and lots and (lots[0][0] > 0) != (remaining > 0):
-            lot = lots[0]
-            closed = min(abs(remaining), abs(lot[0]))
-            direction = 1 if lot[0] > 0 else -1
-            self.realized_pnl += (price - lot[1]) * closed * direction
-            lot[0] -= closed * direction
-            remaining += closed * direction
-            if not lot[0]:
-                lots.popleft()
-        if remaining:
-            lots.append([remaining, price])
-        position.qty += signed
-        return True
-
-    def snapshot(self) -> PortfolioSnapshot:
-        return PortfolioSnapshot(
-            cash=self.cash,
-            positions={symbol: p.qty for symbol, p in sorted(self.positions.items())},
-            realized_pnl=self.realized_pnl,
-            fees=self.fees,
-            fills=self.fills,
-        )
+WINDOW_BUSINESS_DAYS = 5
+"""The day-trade window: this many business days, the current trading day included."""
 
 
 class SettlementActor(Actor):
@@ -118,11 +47,27 @@ class SettlementActor(Actor):
     ledger asks it for the account baseline and every fill so far, so a restarted actor
     — or a restarted process — begins from the same book. Fills recovery books later
     arrive on ``order.fill`` like any other.
+
+    ``settle_date`` dates each fill's cash settlement (default: T+0 on UTC days, i.e. no
+    settlement lag). With a :class:`SettlementRule` the account's trading day and its
+    business-day window come from the rule's account calendar; with any other callable
+    they are the UTC day and the last five calendar days.
     """
 
-    def __init__(self, starting_cash: Decimal, fills_address: str) -> None:
-        self.ledger = Ledger(starting_cash)
+    def __init__(
+        self,
+        starting_cash: Decimal,
+        fills_address: str,
+        settle_date: SettleDate | None = None,
+        account_type: AccountType | str = AccountType.MARGIN,
+        *,
+        window_business_days: int = WINDOW_BUSINESS_DAYS,
+    ) -> None:
+        self.settle_date: SettleDate = settle_date if settle_date is not None else SAME_DAY_SETTLEMENT
+        self.ledger = Ledger(starting_cash, self.settle_date, account_type)
         self.fills_address = fills_address
+        self.window_business_days = window_business_days
+        self.states_published = 0
 
     async def on_start(self) -> None:
         self.ctx.subscribe(topics.ORDER_FILL)
@@ -136,15 +81,24 @@ class SettlementActor(Actor):
     async def handle(self, message: Any) -> Any:
         kind = type(message)
         if kind is Fill:
-            self.ledger.apply(message)
+            if self.ledger.apply(message):
+                await self._publish_state()
         elif kind is AccountBaseline:
             if self.ledger.fills:
                 raise RuntimeError("an account baseline after fills: the order manager's book is inconsistent")
             self.ledger.set_baseline(message.cash, message.positions)
+            await self._publish_state()
         elif kind is PortfolioQuery:
             return self.ledger.snapshot()
         elif kind is StatsQuery:
-            return ActorStats(counters={"fills": self.ledger.fills})
+            return ActorStats(counters={"fills": self.ledger.fills, "account_states": self.states_published})
         else:
             raise TypeError(f"settlement actor cannot handle {kind.__name__}")
         return None
+
+    async def _publish_state(self) -> None:
+        now = self.ctx.clock.time_ns()
+        day = account_trade_date(self.settle_date, now)
+        window = business_days(self.settle_date, day, self.window_business_days)
+        await self.ctx.publish(topics.ACCOUNT_STATE, self.ledger.state(now, day, window))
+        self.states_published += 1

@@ -267,7 +267,9 @@ class SimulatedVenue(Actor):
             VenueExecution(
                 client_order_id=order.client_order_id,
                 venue_order_id=entry.venue_order_id,
-                execution_id=f"{entry.venue_order_id}-{entry.executions}",
+                # The client order id makes it unique across sessions: a replay restarted on
+                # its journal draws the same (seeded) venue order ids again.
+                execution_id=f"{order.client_order_id}:{entry.venue_order_id}-{entry.executions}",
                 symbol=order.symbol,
                 side=order.side,
                 qty=qty,

@@ -25,6 +25,11 @@ What this module adds on top:
 
 A time outside the loaded range raises :class:`CalendarRangeError`: a risk check must not
 guess whether a market is open in a year nobody loaded.
+
+Day facts for settlement and day-trade windows: :meth:`MarketCalendar.trade_date` (the
+calendar day in the exchange's own time zone), :meth:`MarketCalendar.next_session_after`
+(T+1 settlement) and :meth:`MarketCalendar.sessions_until` (the last *n* business days).
+They respect the loaded range the same way. The 24/7 calendar's trade date is the UTC date.
 """
 
 from __future__ import annotations
@@ -106,6 +111,10 @@ class AlwaysOpenCalendar:
     def interval_at(self, ts_ns: int) -> SessionInterval:
         return self._INTERVAL
 
+    def trade_date(self, ts_ns: int) -> dt.date:
+        """A 24/7 market has no exchange time zone: its trading day is the UTC date."""
+        return utc_date(ts_ns)
+
 
 ALWAYS_OPEN_CALENDAR: Final = AlwaysOpenCalendar()
 
@@ -113,6 +122,16 @@ ALWAYS_OPEN_CALENDAR: Final = AlwaysOpenCalendar()
 def _ns(moment: dt.datetime) -> int:
     """Integer ns since the epoch of an aware datetime (no float seconds on the way)."""
     return (moment - _EPOCH) // dt.timedelta(microseconds=1) * _NS_PER_US
+
+
+def local_date(ts_ns: int, zone: dt.tzinfo) -> dt.date:
+    """The calendar date in ``zone`` at ``ts_ns`` (integer arithmetic to the microsecond)."""
+    return (_EPOCH + dt.timedelta(microseconds=ts_ns // _NS_PER_US)).astimezone(zone).date()
+
+
+def utc_date(ts_ns: int) -> dt.date:
+    """The UTC calendar date at ``ts_ns``."""
+    return local_date(ts_ns, dt.UTC)
 
 
 class DaySchedule(NamedTuple):
@@ -133,11 +152,16 @@ class MarketCalendar:
     ``exchange_calendars`` with :meth:`build` (blocking) / :meth:`load` (in a thread).
     """
 
-    def __init__(self, name: str, days: list[DaySchedule], first_ns: int, end_ns: int) -> None:
+    def __init__(self, name: str, days: list[DaySchedule], first_ns: int, end_ns: int, tz: str = "UTC") -> None:
         self._name = name
         self.days = {d.day: d for d in days}
         self.first_ns = first_ns
         self.end_ns = end_ns
+        self.tz = ZoneInfo(tz)
+        """The exchange's time zone: trade dates are its calendar days."""
+        self._session_days = sorted(self.days)
+        self._first_day = local_date(first_ns, self.tz)
+        self._last_day = local_date(end_ns - 1, self.tz)
         starts: list[int] = [first_ns]
         kinds: list[MarketSession] = [MarketSession.CLOSED]
         for d in sorted(days):
@@ -179,6 +203,60 @@ class MarketCalendar:
         """The day's sessions, or None when the market does not open that day."""
         return self.days.get(day)
 
+    # ------------------------------------------------------------ trade dates (settlement, day trades)
+
+    @property
+    def first_day(self) -> dt.date:
+        """The first calendar day of the loaded range (exchange time zone)."""
+        return self._first_day
+
+    @property
+    def last_day(self) -> dt.date:
+        """The last calendar day of the loaded range (exchange time zone)."""
+        return self._last_day
+
+    def trade_date(self, ts_ns: int) -> dt.date:
+        """The calendar day in the exchange's time zone at ``ts_ns`` (a Friday 19:00 New York
+        trade is Friday's, although it is Saturday in UTC)."""
+        if not self.first_ns <= ts_ns < self.end_ns:
+            raise CalendarRangeError(f"{self._name}: {ts_ns} ns is outside the loaded range")
+        return local_date(ts_ns, self.tz)
+
+    def _check_day(self, day: dt.date) -> None:
+        if not self._first_day <= day <= self._last_day:
+            raise CalendarRangeError(
+                f"{self._name}: {day} is outside the loaded range {self._first_day}..{self._last_day}"
+            )
+
+    def is_session(self, day: dt.date) -> bool:
+        """Whether the market opens on ``day`` (a business day of the exchange)."""
+        self._check_day(day)
+        return day in self.days
+
+    def next_session_after(self, day: dt.date) -> dt.date:
+        """The first session day strictly after ``day``: T+1 settlement skips weekends and holidays.
+
+        Raises :class:`CalendarRangeError` when ``day`` is outside the loaded range or the
+        next session is beyond it (the answer is not known, so it is not guessed).
+        """
+        self._check_day(day)
+        i = bisect.bisect_right(self._session_days, day)
+        if i == len(self._session_days):
+            raise CalendarRangeError(f"{self._name}: no session after {day} in the loaded range")
+        return self._session_days[i]
+
+    def sessions_until(self, day: dt.date, count: int) -> list[dt.date]:
+        """The last ``count`` session days up to and including ``day``, oldest first.
+
+        Fewer when the loaded range starts later; :class:`CalendarRangeError` when ``day``
+        is outside it.
+        """
+        if count < 0:
+            raise ValueError(f"count must be >= 0, not {count}")
+        self._check_day(day)
+        i = bisect.bisect_right(self._session_days, day)
+        return self._session_days[max(0, i - count) : i]
+
     # ------------------------------------------------------------ construction
 
     @classmethod
@@ -200,7 +278,7 @@ class MarketCalendar:
             days.append(DaySchedule(day, min(pre, open_ns), open_ns, close_ns, max(post, close_ns), early))
         first_ns = _ns(dt.datetime.combine(start, dt.time(0), zone))
         end_ns = _ns(dt.datetime.combine(end + dt.timedelta(days=1), dt.time(0), zone))
-        return cls(name, days, first_ns, end_ns)
+        return cls(name, days, first_ns, end_ns, tz)
 
     @classmethod
     def build(cls, name: str, start: dt.date = DEFAULT_START, end: dt.date | None = None) -> MarketCalendar:

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import tomllib
 from collections.abc import Mapping
@@ -67,9 +68,115 @@ class StrategySection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     params: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
+class LimitsSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Limits that can be set per strategy (``[risk.strategies.NAME]``) or per symbol
+    (``[risk.symbols.SYMBOL]``) over the account's (``[risk]``); the most restrictive
+    value set at any of the three levels applies. Unset: no limit at that level."""
+
+    max_order_qty: Decimal | None = None
+    max_order_notional: Decimal | None = None
+    collar_pct: Decimal | None = None
+    max_orders_per_s: int | None = None
+    max_open_orders: int | None = None
+    max_position_qty: Decimal | None = None
+    max_position_notional: Decimal | None = None
+    max_gross_exposure: Decimal | None = None
+    max_net_exposure: Decimal | None = None
+    max_leverage: Decimal | None = None
+    max_symbol_concentration_pct: Decimal | None = None
+    max_sector_concentration_pct: Decimal | None = None
+    max_adv_participation_pct: Decimal | None = None
+
+    def __post_init__(self) -> None:
+        for field in msgspec.structs.fields(self):
+            value = getattr(self, field.name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{field.name}: must be positive")
+
+
+class AssetSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What risk knows about a symbol (``[risk.assets.SYMBOL]``; patterns such as ``*USDT``).
+    Alpaca's asset endpoint says the same things for equities."""
+
+    shortable: bool = False
+    easy_to_borrow: bool = False
+    borrow_rate_pct: Decimal = Decimal(0)
+    """Annual borrow fee, recorded with every approved short sale."""
+    fractionable: bool = False
+    lot_size: Decimal = Decimal(1)
+    min_qty: Decimal = Decimal(0)
+    sector: str | None = None
+    adv: Decimal | None = None
+    """Average daily volume (shares), for the ADV participation cap."""
+
+    def __post_init__(self) -> None:
+        if self.lot_size <= 0:
+            raise ValueError("lot_size: must be positive")
+        if self.min_qty < 0 or self.borrow_rate_pct < 0:
+            raise ValueError("min_qty and borrow_rate_pct: must not be negative")
+        if self.adv is not None and self.adv <= 0:
+            raise ValueError("adv: must be positive")
+
+
+class DayTradingSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The day-trading rule as a dated policy (DESIGN §6): the pattern-day-trader rule until
+    the firm adopts FINRA's amendments (effective 4 Jun 2026, phased in to 20 Oct 2027)."""
+
+    policy: Literal["auto", "pdt", "intraday-margin"] = "auto"
+    """``auto``: the rule in force on the engine clock's date, by ``replacement_adopted_on``."""
+    replacement_adopted_on: dt.date = dt.date(2027, 10, 20)
+    """When this account's broker applies the new rule (between 2026-06-04 and 2027-10-20)."""
+    pdt_min_equity: Decimal = Decimal(25_000)
+    pdt_max_day_trades: int = 3
+    """Day trades allowed in five business days under the PDT rule before the next is refused."""
+
+    def __post_init__(self) -> None:
+        if not dt.date(2026, 6, 4) <= self.replacement_adopted_on <= dt.date(2027, 10, 20):
+            raise ValueError("replacement_adopted_on: FINRA's phase-in runs from 2026-06-04 to 2027-10-20")
+        if self.pdt_min_equity < 0 or self.pdt_max_day_trades < 0:
+            raise ValueError("pdt_min_equity and pdt_max_day_trades: must not be negative")
+
+
 class RiskSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_order_qty: Decimal = Decimal(500)
     max_order_notional: Decimal = Decimal(100_000)
+    account_type: Literal["cash", "margin"] = "margin"
+    """``cash``: buys use settled cash and a sale that would be a good-faith violation is
+    refused; ``margin``: buying power is ``margin_multiplier`` × equity, PDT rules apply."""
+    margin_multiplier: Decimal = Decimal(2)
+    collar_pct: Decimal | None = Decimal(10)
+    """A limit price further than this from the reference price is refused (fat fingers)."""
+    duplicate_window_s: float = 1.0
+    """The same strategy, symbol, side, quantity and price approved within this window is a duplicate."""
+    max_orders_per_s: int | None = 50
+    """Approved orders per strategy per second."""
+    max_cancels_per_s: int | None = 50
+    max_open_orders: int | None = 200
+    max_position_qty: Decimal | None = None
+    max_position_notional: Decimal | None = None
+    max_gross_exposure: Decimal | None = None
+    max_net_exposure: Decimal | None = None
+    max_leverage: Decimal | None = Decimal(4)
+    max_symbol_concentration_pct: Decimal | None = None
+    max_sector_concentration_pct: Decimal | None = None
+    max_adv_participation_pct: Decimal | None = Decimal(5)
+    daily_loss_limit: Decimal | None = None
+    """Money lost today (realised + unrealised, from the day's starting equity) that moves
+    trading to ``daily_loss_action``. Unset: ``daily_loss_limit_pct`` of the starting equity."""
+    daily_loss_limit_pct: Decimal = Decimal(10)
+    daily_loss_action: Literal["reducing", "halted"] = "reducing"
+    max_drawdown_pct: Decimal | None = Decimal(25)
+    """Equity this far below its high-water mark halts trading."""
+    mark_interval_s: float = 1.0
+    """How often risk marks the book to market for the loss and drawdown limits."""
+    runaway_intents_per_s: int | None = 100
+    """A strategy sending more intents than this per second is paused (runaway guard)."""
+    runaway_rejected_streak: int | None = 50
+    """... or this many rejected intents in a row."""
+    strategies: dict[str, LimitsSection] = msgspec.field(default_factory=dict)
+    symbols: dict[str, LimitsSection] = msgspec.field(default_factory=dict)
+    assets: dict[str, AssetSection] = msgspec.field(default_factory=dict)
+    day_trading: DayTradingSection = msgspec.field(default_factory=DayTradingSection)
     extended_hours: bool = False
     """Allow orders in pre- and post-market sessions (then only day limit orders, as Alpaca requires)."""
     default_calendar: str | None = None
@@ -84,6 +191,21 @@ class RiskSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError("max_order_qty: must be positive")
         if self.max_order_notional <= 0:
             raise ValueError("max_order_notional: must be positive")
+        for name in (
+            "collar_pct", "max_orders_per_s", "max_cancels_per_s", "max_open_orders", "max_position_qty",
+            "max_position_notional", "max_gross_exposure", "max_net_exposure", "max_leverage",
+            "max_symbol_concentration_pct", "max_sector_concentration_pct", "max_adv_participation_pct",
+            "daily_loss_limit", "max_drawdown_pct", "runaway_intents_per_s", "runaway_rejected_streak",
+        ):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name}: must be positive (or unset)")
+        if self.margin_multiplier < 1:
+            raise ValueError("margin_multiplier: must be at least 1")
+        if not self.daily_loss_limit_pct > 0:
+            raise ValueError("daily_loss_limit_pct: must be positive")
+        if self.duplicate_window_s < 0 or not self.mark_interval_s > 0:
+            raise ValueError("duplicate_window_s must not be negative and mark_interval_s must be positive")
 
 
 class PricingSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -169,6 +291,23 @@ class JournalSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError("ack_sla_s: must be positive")
 
 
+class ControlSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The operator control channel of a running engine (``kestrel halt|resume|flatten``)."""
+
+    enabled: bool = True
+    """Live and paper sessions listen for operator commands (loopback only, behind a token)."""
+    host: str = "127.0.0.1"
+    port: int = 0
+    """0: any free port (the control file says which)."""
+    file: str = "run/control.json"
+    """Where the engine writes its URL and a fresh token (mode 0600) for the CLI to find;
+    relative to the working directory, where ``kestrel halt`` looks by default."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError("port: must be 0-65535")
+
+
 class SecretsSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     file: str | None = None
     """A TOML file with ``key_id`` and ``secret_key``; the environment wins over it."""
@@ -184,6 +323,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     venue: VenueSection = msgspec.field(default_factory=VenueSection)
     journal: JournalSection = msgspec.field(default_factory=JournalSection)
     secrets: SecretsSection = msgspec.field(default_factory=SecretsSection)
+    control: ControlSection = msgspec.field(default_factory=ControlSection)
     profile: str | None = None
     """The profile that was applied (set by the loader, not by files)."""
 

@@ -241,6 +241,8 @@ class ApprovedOrder(Event, frozen=True, kw_only=True):
     intent: OrderIntent
     reference_price: Decimal
     ts_init: int
+    inputs: dict[str, str] = {}
+    """What the checks looked at (notional, projected position, borrow rate of a short …)."""
 
 
 class SubmitOrder(Event, frozen=True, kw_only=True):

@@ -29,6 +29,7 @@ from engine.journal import JournalError
 from engine.logs import configure_logging, console_for_stderr, get_logger, shutdown_logging
 from engine.secrets import scrub
 from kestrel import journal_cli
+from kestrel.control_cli import add_control_commands, run_control_command
 from kestrel.node import RecordPlan, SessionOptions, SessionSummary, run_live_session, run_recorder, run_replay_session
 
 EXIT_USER_ERROR: Final = 2
@@ -123,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     venue.add_argument("--log", type=Path, help="JSON log file (default: none)")
 
     journal_cli.add_parser(commands)
+    add_control_commands(commands)
 
     check = commands.add_parser("check-config", help="validate a config file and print the effective config")
     check.add_argument("file", type=Path)
@@ -316,6 +318,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "record": cmd_record,
         "check-config": cmd_check_config,
         "journal": _cmd_journal,
+        "halt": run_control_command,
+        "resume": run_control_command,
+        "flatten": run_control_command,
     }
     log = get_logger(actor="cli")
     try:

@@ -6,7 +6,10 @@ on the journal of a running engine too (they see what it has committed so far).
 - ``show``: the events, one per line (``--json``: a list of objects);
 - ``orders``: every order as the journal derives it (client order id, venue order id,
   status, filled quantity, ...);
-- ``positions``: positions and cash as the journal derives them;
+- ``positions``: what the settlement ledger derives from the journal's baseline and fills:
+  per symbol the quantity, average cost and realised P&L (net of fees), then cash, fees
+  and total realised P&L (``--json``: ``positions``, ``cash``, ``fees``, ``realized_pnl``,
+  ``fills`` and ``symbols``, every symbol ever traded);
 - ``verify``: re-derive the book from the first event, check the sequence is gap-free,
   that no execution is booked twice and no client order id issued twice, and that the
   newest snapshot equals the book re-derived up to it. Exit 0 when all holds, 1 if not.
@@ -23,6 +26,7 @@ from typing import Any, Final
 
 import msgspec
 
+from actors.ledger import ZERO, Ledger
 from actors.order_book import SNAPSHOT_KIND, Book, BookOrder, rebuild
 from engine.clock import LiveClock
 from engine.journal import Journal
@@ -128,16 +132,54 @@ async def _orders(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ledger(book: Book) -> Ledger:
+    """The settlement ledger re-derived from the journal: the baseline, then every fill in order.
+
+    Without a baseline the fills count from the cash the book started with (what its cash
+    is less their effects), so the ledger's cash is the book's.
+    """
+    if book.baseline is not None:
+        ledger = Ledger(book.baseline.cash)
+        ledger.set_baseline(book.baseline.cash, book.baseline.positions)
+    else:
+        ledger = Ledger(book.cash + sum((f.qty * f.side.sign * f.price + f.fee for f in book.fills), ZERO))
+    for fill in book.fills:
+        ledger.apply(fill)
+    return ledger
+
+
 async def _positions(args: argparse.Namespace) -> int:
     async with await Journal.open_readonly(args.path, LiveClock()) as journal:
         book = await _derive(journal)
-    positions = {symbol: str(qty) for symbol, qty in sorted(book.positions.items())}
+    ledger = _ledger(book)
+    positions = {symbol: str(qty) for symbol, qty in ledger.quantities().items()}
+    symbols = {
+        symbol: {
+            "qty": str(p.qty),
+            "avg_price": str(p.avg_price),
+            "realized_pnl": str(p.realized_pnl),
+            "fees": str(p.fees),
+        }
+        for symbol, p in sorted(ledger.positions.items())
+    }
     if args.json:
-        _write_json({"positions": positions, "cash": str(book.cash), "fees": str(book.fees)})
+        _write_json(
+            {
+                "positions": positions,
+                "cash": str(ledger.cash),
+                "fees": str(ledger.fees),
+                "realized_pnl": str(ledger.realized_pnl),
+                "fills": ledger.fills,
+                "symbols": symbols,
+            }
+        )
         return 0
-    for symbol, qty in positions.items():
-        sys.stdout.write(f"{symbol:<10}{qty:>14}\n")
-    sys.stdout.write(f"{'cash':<10}{book.cash!s:>14}\n")
+    sys.stdout.write(f"{'symbol':<10}{'qty':>14}{'avg cost':>18}{'realised P&L':>18}\n")
+    for symbol, row in symbols.items():
+        sys.stdout.write(f"{symbol:<10}{row['qty']:>14}{row['avg_price']:>18}{row['realized_pnl']:>18}\n")
+    sys.stdout.write(f"{'cash':<10}{ledger.cash!s:>14}\n")
+    sys.stdout.write(f"{'fees':<10}{ledger.fees!s:>14}\n")
+    sys.stdout.write(f"{'realised':<10}{ledger.realized_pnl!s:>14}  (net of fees, {ledger.fills} fills)\n")
     return 0
 
 

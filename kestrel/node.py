@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import random
 import signal
 from collections.abc import AsyncIterable, Callable, Coroutine, Sequence
@@ -42,6 +43,7 @@ from adapters.alpaca.feed import AlpacaFeedActor
 from adapters.alpaca.rest import RestSettings
 from adapters.alpaca.venue import AlpacaVenueActor
 from adapters.alpaca_sim.cli import RunningSimulator, SimulatorConfig, start_simulator
+from adapters.control_http import ControlServer, generate_token, remove_control_file, write_control_file
 from adapters.lean_ticks import symbol_for
 from adapters.replay_sources import (
     LEAN_TICKS,
@@ -64,6 +66,8 @@ from engine.mailbox import Policy, conflate_by
 from engine.messages import (
     ActorStats,
     BestBidOffer,
+    OperatorCommand,
+    OperatorReply,
     PortfolioQuery,
     PortfolioSnapshot,
     Recover,
@@ -293,8 +297,17 @@ def risk(config: Config, market_data: dict[type, Policy], *, default_calendar: s
             calendars=limits.calendars,
             default_calendar=calendar,
             extended_hours=limits.extended_hours,
+            starting_cash=config.venue.starting_cash,
+            ledger_address=SETTLEMENT,
         ),
         policies=market_data,
+    )
+
+
+def settlement(config: Config) -> ActorSpec:
+    account_type = config.risk.account_type
+    return ActorSpec(
+        SETTLEMENT, lambda: SettlementActor(config.venue.starting_cash, ORDER_MANAGER, account_type=account_type)
     )
 
 
@@ -325,7 +338,7 @@ def session_tree(
         "root",
         [
             order_manager(config, journal),
-            ActorSpec(SETTLEMENT, lambda: SettlementActor(config.venue.starting_cash, ORDER_MANAGER)),
+            settlement(config),
             ActorSpec(VENUE, lambda: SimulatedVenue(config.venue.fee_per_share)),
             # Replays play recorded time: equity days are gated by the NYSE calendar they were
             # recorded on (crypto and the synthetic symbol are 24/7 whatever the default). A
@@ -533,7 +546,7 @@ def live_tree(
         "root",
         [
             order_manager(config, journal),
-            ActorSpec(SETTLEMENT, lambda: SettlementActor(config.venue.starting_cash, ORDER_MANAGER)),
+            settlement(config),
             ActorSpec(VENUE, lambda: AlpacaVenueActor(venue_url, credentials.key_id, credentials.secret_key, rest)),
             risk(config, market_data),
             ActorSpec(STRATEGY, lambda: StrategyActor(build_strategy, SETTLEMENT, boot)),
@@ -627,10 +640,13 @@ async def run_live_session(config: Config, options: SessionOptions, credentials:
     )
     started = perf_ns()
     root_task = asyncio.create_task(root.run(), name="root-supervisor")
+    control: ControlServer | None = None
     try:
         await _first_of(asyncio.ensure_future(root.started()), root_task)
         if root_task.done():
             await root_task  # raises why it could not start
+        if config.control.enabled:
+            control = await start_control(config, bus, clock)
         report = await recover(bus, root_task, options.recovery_timeout_s)
         if stop is None:
             assert simulator is not None and simulator.player is not None
@@ -650,6 +666,8 @@ async def run_live_session(config: Config, options: SessionOptions, credentials:
     finally:
         if stop is not None:
             stop.remove()
+        if control is not None:
+            await stop_control(control, config)
         root_task.cancel()
         await asyncio.gather(root_task, return_exceptions=True)
         if journal is not None:
@@ -658,6 +676,38 @@ async def run_live_session(config: Config, options: SessionOptions, credentials:
             await simulator.stop()
     log.info("live_session_finished", ticks=summary.ticks, orders=summary.orders, fills=summary.fills)
     return summary
+
+
+# ---------------------------------------------------------------- operator control channel
+
+
+async def start_control(config: Config, bus: Bus, clock: LiveClock) -> ControlServer:
+    """Listen for ``kestrel halt|resume|flatten``: commands go to risk as requests.
+
+    A fresh token per session, in the control file (mode 0600) next to the URL; the file
+    is removed when the session ends.
+    """
+    section = config.control
+
+    async def dispatch(command: OperatorCommand) -> OperatorReply:
+        reply: OperatorReply = await bus.request(RISK, command)
+        return reply
+
+    async def state() -> dict[str, Any]:
+        stats: ActorStats = await bus.request(RISK, StatsQuery())
+        return msgspec.to_builtins(stats)  # type: ignore[no-any-return]
+
+    token = generate_token()
+    server = ControlServer(dispatch, token, clock.time_ns, section.host, section.port, state)
+    await server.start()
+    await asyncio.to_thread(write_control_file, Path(section.file), server.url, token, os.getpid())
+    get_logger(actor="node").info("control_channel_listening", url=server.url, file=section.file)
+    return server
+
+
+async def stop_control(server: ControlServer, config: Config) -> None:
+    await server.stop()
+    await asyncio.to_thread(remove_control_file, Path(config.control.file))
 
 
 # ---------------------------------------------------------------- recording

@@ -19,14 +19,16 @@ from engine import topics
 from engine.actor import Actor
 from engine.bus import Bus
 from engine.clock import SimClock
-from engine.config import RiskSection
+from engine.config import AssetSection, RiskSection
 from engine.messages import (
     ActorStats,
     ApprovedOrder,
     BestBidOffer,
     MarketDataStatus,
     OrderIntent,
+    OrderStatus,
     OrderType,
+    OrderUpdate,
     RiskRejected,
     Side,
     StatsQuery,
@@ -121,6 +123,16 @@ class Desk:
     async def approved(self, **kwargs: Any) -> ApprovedOrder:
         result = await self.order(**kwargs)
         assert isinstance(result, ApprovedOrder), result
+        # No venue here: say the order is done, so it does not stay working (these tests
+        # are about the gates, not about self-trade or open-order limits).
+        await self.bus.publish(
+            topics.ORDER_EVENT,
+            OrderUpdate(
+                client_order_id=f"c-{result.intent.intent_id}", venue_order_id="v", status=OrderStatus.CANCELED,
+                intent_id=result.intent.intent_id, strategy="test", ts_event=0, ts_recv=0,
+            ),
+        )
+        await self.bus.idle()
         return result
 
     async def stats(self) -> ActorStats:
@@ -131,7 +143,12 @@ class Desk:
 @contextlib.asynccontextmanager
 async def desk(start: str = "2026-11-25 10:00", **risk_options: Any) -> AsyncIterator[Desk]:
     clock, bus, watcher = SimClock(ny(start)), Bus(), Watcher()
-    limits = RiskSection(max_order_qty=D(1000), max_order_notional=D(1_000_000))
+    # These tests are about the gates: no duplicate window (they repeat one intent on purpose),
+    # and IBM may be sold short (they sell without a position).
+    limits = RiskSection(
+        max_order_qty=D(1000), max_order_notional=D(1_000_000), duplicate_window_s=0,
+        assets={"IBM": AssetSection(shortable=True, easy_to_borrow=True)},
+    )
     spec = SupervisorSpec(
         "root",
         [ActorSpec("watcher", lambda: watcher), ActorSpec("risk", lambda: RiskActor(limits, **risk_options))],

@@ -98,7 +98,7 @@ class Session:
         self.bus = Bus()
         self.watcher = Watcher()
         self.venue = AlpacaVenueActor(sim.url, Secret(KEY), Secret(SECRET), FAST, stream_wait_s=0.3)
-        limits = RiskSection(max_order_qty=D(1000), max_order_notional=D(1_000_000))
+        limits = RiskSection(max_order_qty=D(1000), max_order_notional=D(1_000_000), duplicate_window_s=0)
         spec = SupervisorSpec(
             "root",
             [
