@@ -76,7 +76,6 @@ intents in a second, or with ``runaway_rejected_streak`` rejections in a row, is
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 from collections import Counter, deque
 from collections.abc import Mapping
 from decimal import Decimal
@@ -88,10 +87,18 @@ import msgspec
 
 from actors.day_trading import DayTradingConfig, check_day_trade
 from actors.pretrade import AccountView, PreTradeChecker, Rejection, WorkingOrder, reduces_exposure
+from actors.risk_metrics import EquityTracker
 from actors.risk_policy import RiskPolicy
 from engine import topics
 from engine.actor import Actor
-from engine.calendar import ALWAYS_OPEN, CalendarRangeError, MarketSession, SessionCalendar, load_calendar
+from engine.calendar import (
+    ALWAYS_OPEN,
+    CalendarRangeError,
+    MarketSession,
+    SessionCalendar,
+    load_calendar,
+    local_date,
+)
 from engine.clock import NS_PER_S
 from engine.config import RiskSection
 from engine.messages import (
@@ -187,7 +194,7 @@ class RiskActor(Actor):
         """strategy → why the runaway guard paused it (until an operator resumes trading)."""
         self.rejected_streak: dict[str, int] = {}
         self._intent_times: dict[str, deque[int]] = {}
-        self.equity = EquityWatch()
+        self.equity = EquityTracker(capacity=1)
         self._mark_armed = False
         self._flattens = 0
         self._latest_ns = 0
@@ -430,20 +437,21 @@ class RiskActor(Actor):
                 why = f"trading is reducing ({self.state_reason}): only orders that shrink a position"
                 await self._reject(intent, "TRADING_REDUCING", why, inputs)
                 return
+        view = self._account_view()
         decision = self.checker.check(
             intent,
             quoted,  # the market's price: a limit is collared against it, not against itself
             now,
             self.policy.limits(intent.strategy, symbol),
             self.policy.asset(symbol),
-            self._account_view(),
+            view,
             list(self.working.values()),
             sectors=self.sectors,
         )
         if isinstance(decision, Rejection):
             await self._reject(intent, decision.code, decision.detail, decision.inputs)
             return
-        account_rule = self._account_rules(intent, reference)
+        account_rule = self._account_rules(intent, reference, view, now)
         if account_rule is not None:
             await self._reject(intent, *account_rule)
             return
@@ -508,7 +516,9 @@ class RiskActor(Actor):
             buying_power = max(equity * self.section.margin_multiplier - gross, ZERO)
         return AccountView(equity=equity, buying_power=buying_power, positions=account.positions, marks=marks)
 
-    def _account_rules(self, intent: OrderIntent, reference: Decimal) -> tuple[str, str, dict[str, str]] | None:
+    def _account_rules(
+        self, intent: OrderIntent, reference: Decimal, view: AccountView, now: int
+    ) -> tuple[str, str, dict[str, str]] | None:
         """Good-faith violations (cash accounts) and the day-trading rule in force today."""
         account = self.account
         symbol = intent.symbol
@@ -521,8 +531,7 @@ class RiskActor(Actor):
                 why = (f"selling {intent.qty} {symbol} would sell shares bought with unsettled proceeds "
                        f"({restricted} restricted until they settle): a good-faith violation")
                 return "GOOD_FAITH_VIOLATION", why, inputs
-        day = trade_date_of(self.ctx.clock.time_ns())
-        view = self._account_view()
+        day = local_date(now, _NEW_YORK)
         same_day = account.trade_date == day.isoformat()
         return check_day_trade(
             self.day_trading,
@@ -544,20 +553,20 @@ class RiskActor(Actor):
         equity = self._equity(marks)
         now = self.ctx.clock.time_ns()
         watch = self.equity
-        watch.observe(trade_date_of(now), equity)
+        watch.update(now, local_date(now, _NEW_YORK), equity)
         section = self.section
         if self.state is TradingState.ACTIVE:
             limit = section.daily_loss_limit
             if limit is None:
-                limit = watch.day_start * section.daily_loss_limit_pct / 100
-            loss = watch.day_start - equity
+                limit = (watch.start_of_day or ZERO) * section.daily_loss_limit_pct / 100
+            loss = -watch.daily_pnl
             if loss >= limit > 0:
                 state = TradingState.HALTED if section.daily_loss_action == "halted" else TradingState.REDUCING
                 await self._request_state(state, f"daily loss {loss} reached the limit {limit}", "daily_loss")
-        if self.state is not TradingState.HALTED and section.max_drawdown_pct is not None and watch.high > 0:
-            drawdown_pct = (watch.high - equity) * 100 / watch.high
+        if self.state is not TradingState.HALTED and section.max_drawdown_pct is not None:
+            drawdown_pct = watch.drawdown_pct
             if drawdown_pct >= section.max_drawdown_pct:
-                why = (f"drawdown {drawdown_pct:.2f}% from the high-water mark {watch.high} "
+                why = (f"drawdown {drawdown_pct:.2f}% from the high-water mark {watch.high_water} "
                        f"(limit {section.max_drawdown_pct}%)")
                 await self._request_state(TradingState.HALTED, why, "drawdown")
         if self.account.positions and not self._mark_armed:
@@ -683,26 +692,5 @@ class _MarkTick:
 _MARK: Final = _MarkTick()
 
 
-class EquityWatch:
-    """The day's first equity and the high-water mark, for the loss and drawdown limits."""
-
-    __slots__ = ("day", "day_start", "high")
-
-    def __init__(self) -> None:
-        self.day: dt.date | None = None
-        self.day_start = ZERO
-        self.high = ZERO
-
-    def observe(self, day: dt.date, equity: Decimal) -> None:
-        if day != self.day:
-            self.day, self.day_start = day, equity
-        if equity > self.high:
-            self.high = equity
-
-
 _NEW_YORK: Final = ZoneInfo("America/New_York")
-
-
-def trade_date_of(ts_ns: int) -> dt.date:
-    """The trading day (New York) an engine-clock time belongs to."""
-    return dt.datetime.fromtimestamp(ts_ns / NS_PER_S, _NEW_YORK).date()
+"""The trading day of the loss limit and of the day-trading rule is New York's."""

@@ -25,8 +25,8 @@ DEFAULT_ASSETS: Final[Mapping[str, AssetSection]] = {
 """Crypto pairs trade in fractions; nothing else is shortable or fractionable unless configured."""
 
 
-def _limits(section: LimitsSection | RiskSection, *, account: bool) -> Limits:
-    limits = Limits(
+def _limits(section: LimitsSection | RiskSection) -> Limits:
+    return Limits(
         max_order_qty=section.max_order_qty,
         max_order_notional=section.max_order_notional,
         collar_pct=section.collar_pct,
@@ -42,12 +42,6 @@ def _limits(section: LimitsSection | RiskSection, *, account: bool) -> Limits:
         max_adv_participation_pct=section.max_adv_participation_pct,
         rate_window_ns=NS_PER_S,
     )
-    if account and isinstance(section, RiskSection):
-        window = round(section.duplicate_window_s * NS_PER_S)
-        limits = dataclasses.replace(
-            limits, duplicate_window_ns=window or None, max_cancels_per_window=section.max_cancels_per_s
-        )
-    return limits
 
 
 class RiskPolicy:
@@ -55,9 +49,14 @@ class RiskPolicy:
 
     def __init__(self, section: RiskSection) -> None:
         self.section = section
-        self.account = _limits(section, account=True)
-        self._strategies = {name: _limits(s, account=False) for name, s in section.strategies.items()}
-        self._symbols = {name: _limits(s, account=False) for name, s in section.symbols.items()}
+        # Duplicates and cancels are account-wide settings only.
+        self.account = dataclasses.replace(
+            _limits(section),
+            duplicate_window_ns=round(section.duplicate_window_s * NS_PER_S) or None,
+            max_cancels_per_window=section.max_cancels_per_s,
+        )
+        self._strategies = {name: _limits(s) for name, s in section.strategies.items()}
+        self._symbols = {name: _limits(s) for name, s in section.symbols.items()}
         self._assets = {**DEFAULT_ASSETS, **section.assets}
         self._limits: dict[tuple[str, str], Limits] = {}
         self._asset: dict[str, Asset] = {}

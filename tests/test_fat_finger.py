@@ -17,7 +17,7 @@ import msgspec
 from engine.clock import LiveClock
 from engine.config import parse_config
 from engine.journal import Journal
-from engine.messages import OrderSubmitting, TradingState, TradingStateChanged
+from engine.messages import OrderStatus, OrderSubmitting, OrderUpdate, TradingState, TradingStateChanged
 from kestrel.node import SessionOptions, run_replay_session
 
 CONFIG: dict[str, Any] = {
@@ -89,3 +89,29 @@ async def test_fat_finger_trips_every_rule_and_the_loss_limit(tmp_path: Path) ->
     assert all(o.order.qty <= 50 for o in sent)
     assert summary.positions["SYNTH"] == "10"  # the open; the churn bought and sold 50; the rest rests
     assert msgspec.json.decode(msgspec.json.encode(summary.rejections_by_reason)) == rejections
+
+
+async def test_a_drawdown_halts_trading_and_cancels_the_working_orders(tmp_path: Path) -> None:
+    """Same script, no daily-loss limit, a 0.2 % drawdown limit: the churn's fees (about 0.28 %
+    of the account) halt trading; the passive orders left working are cancelled at the venue."""
+    risk = {k: v for k, v in CONFIG["risk"].items() if k != "daily_loss_limit"} | {"max_drawdown_pct": "0.2"}
+    config = parse_config({**CONFIG, "risk": risk}, "test")
+    journal = tmp_path / "journal.db"
+    summary = await run_replay_session(
+        config, SessionOptions(strategy="fat-finger", synthetic=3000, journal=journal)
+    )
+    assert summary.trading_state == TradingState.HALTED.value
+    assert summary.rejections_by_reason.get("TRADING_HALTED", 0) > 0
+    assert "TRADING_REDUCING" not in summary.rejections_by_reason
+    states: list[TradingStateChanged] = []
+    canceled_after_halt = 0
+    async with await Journal.open_readonly(journal, LiveClock()) as reader:
+        async for entry in reader.read():
+            record = entry.record
+            if isinstance(record, TradingStateChanged):
+                states.append(record)
+            elif isinstance(record, OrderUpdate) and record.status is OrderStatus.CANCELED and states:
+                canceled_after_halt += states[-1].state is TradingState.HALTED
+    assert (states[-1].state, states[-1].cause) == (TradingState.HALTED, "drawdown"), states
+    assert canceled_after_halt >= 1  # the passive orders the script left working
+    assert "drawdown" in states[-1].reason
