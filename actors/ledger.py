@@ -74,7 +74,14 @@ from typing import Final
 
 import msgspec
 
-from engine.calendar import ALWAYS_OPEN_CALENDAR, MarketCalendar, SessionCalendar, utc_date
+from engine.calendar import (
+    ALWAYS_OPEN_CALENDAR,
+    CalendarRangeError,
+    MarketCalendar,
+    SessionCalendar,
+    local_date,
+    utc_date,
+)
 from engine.messages import AccountState, Fill, PortfolioSnapshot, Side
 
 ZERO: Final = Decimal(0)
@@ -114,6 +121,10 @@ def _utc_trade_date(symbol: str, ts_ns: int) -> dt.date:
     return utc_date(ts_ns)
 
 
+OutOfRange = Callable[[str, int, CalendarRangeError], None]
+"""``(what, ts_ns, error)``: told when a rule falls back because a calendar's range ended."""
+
+
 class SettlementRule:
     """Settlement dates from market calendars: T+1 session on an exchange, T+0 on 24/7.
 
@@ -121,37 +132,69 @@ class SettlementRule:
     sessions (:class:`MarketCalendar`) settles on the next session strictly after the trade
     date, any other (the 24/7 calendar) on the trade date. ``account_calendar`` is the
     calendar the account's own trading day and its business-day window are counted in
-    (XNYS for a US equities account; 24/7 counts calendar days). Dates beyond a calendar's
-    loaded range raise :class:`~engine.calendar.CalendarRangeError`.
+    (XNYS for a US equities account; 24/7 counts calendar days).
+
+    Dates beyond a calendar's loaded range raise :class:`~engine.calendar.CalendarRangeError`
+    — unless ``on_out_of_range`` is given: then the rule tells it and falls back to the
+    calendar's local day, settled the same day, with calendar days as business days. A
+    running ledger must book a fill it cannot date exactly (the fill happened; refusing it
+    would crash the actor on every restart, as the fill is replayed), and the caller logs
+    the fallback loudly.
     """
 
     def __init__(
         self,
         calendar_for: Callable[[str], SessionCalendar],
         account_calendar: SessionCalendar = ALWAYS_OPEN_CALENDAR,
+        *,
+        on_out_of_range: OutOfRange | None = None,
     ) -> None:
         self.calendar_for = calendar_for
         self.account_calendar = account_calendar
+        self.on_out_of_range = on_out_of_range
 
     def __call__(self, symbol: str, ts_ns: int) -> dt.date:
         calendar = self.calendar_for(symbol)
-        day = calendar_trade_date(calendar, ts_ns)
-        if isinstance(calendar, MarketCalendar):
-            return calendar.next_session_after(day)
-        return day
+        try:
+            day = calendar_trade_date(calendar, ts_ns)
+            if isinstance(calendar, MarketCalendar):
+                return calendar.next_session_after(day)
+            return day
+        except CalendarRangeError as exc:
+            return self._fallback_day(symbol, calendar, ts_ns, exc)
 
     def trade_date(self, symbol: str, ts_ns: int) -> dt.date:
-        return calendar_trade_date(self.calendar_for(symbol), ts_ns)
+        calendar = self.calendar_for(symbol)
+        try:
+            return calendar_trade_date(calendar, ts_ns)
+        except CalendarRangeError as exc:
+            return self._fallback_day(symbol, calendar, ts_ns, exc)
 
     def account_trade_date(self, ts_ns: int) -> dt.date:
-        return calendar_trade_date(self.account_calendar, ts_ns)
+        try:
+            return calendar_trade_date(self.account_calendar, ts_ns)
+        except CalendarRangeError as exc:
+            return self._fallback_day("account", self.account_calendar, ts_ns, exc)
 
     def business_days(self, day: dt.date, count: int) -> list[dt.date]:
         """The last ``count`` business days up to and including ``day``, oldest first."""
         calendar = self.account_calendar
         if isinstance(calendar, MarketCalendar):
-            return calendar.sessions_until(day, count)
+            try:
+                return calendar.sessions_until(day, count)
+            except CalendarRangeError as exc:
+                if self.on_out_of_range is None:
+                    raise
+                self.on_out_of_range("business days", 0, exc)
         return calendar_days(day, count)
+
+    def _fallback_day(self, what: str, calendar: SessionCalendar, ts_ns: int, exc: CalendarRangeError) -> dt.date:
+        if self.on_out_of_range is None:
+            raise exc
+        self.on_out_of_range(what, ts_ns, exc)
+        if isinstance(calendar, MarketCalendar):
+            return local_date(ts_ns, calendar.tz)
+        return utc_date(ts_ns)
 
 
 SAME_DAY_SETTLEMENT: Final = SettlementRule(lambda _symbol: ALWAYS_OPEN_CALENDAR)
@@ -587,7 +630,12 @@ class Ledger:
             day_trades=self.day_trades_in_window(trade_date, window),
             gfv_restricted=self.gfv_restricted(trade_date),
             ts_init=now_ns,
+            good_faith_violations=self.violations_since(trade_date - dt.timedelta(days=VIOLATION_RETENTION_DAYS - 1)),
         )
+
+    def violations_since(self, day: dt.date) -> int:
+        """Good-faith violations on or after ``day``."""
+        return sum(1 for v in self.violations if v.trade_date >= day)
 
     # ------------------------------------------------------------ snapshots
 

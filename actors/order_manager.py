@@ -77,11 +77,15 @@ from engine.messages import (
     SubmitOrder,
     TradingState,
     TradingStateChanged,
+    TradingStateQuery,
     TradingStateRequest,
     VenueExecution,
     VenueOrder,
     VenueSnapshot,
     VenueSnapshotQuery,
+    WorkingOrders,
+    WorkingOrdersQuery,
+    WorkingOrderView,
 )
 
 S = OrderStatus
@@ -164,6 +168,8 @@ class OrderManagerActor(Actor):
         self.ack_lookups: dict[str, int] = {}
         self._since_snapshot = 0
         self._watchdog_armed = False
+        self.recovered = False
+        """Recovery has reconciled the book with the venue (the trading state is then the book's)."""
         self.counters = {
             "submitted": 0,
             "fills": 0,
@@ -231,18 +237,50 @@ class OrderManagerActor(Actor):
             await self._journal_failed(message.error)
         elif kind is Recover:
             return await self._recover()
+        elif kind is TradingStateQuery:
+            return self._state_now()
         elif kind is FillHistoryQuery:
             baseline = self.book.baseline
+            fills = self.book.fills
+            after = min(max(message.after, 0), len(fills))
             return FillHistory(
-                fills=list(self.book.fills),
+                fills=fills[after:],
                 baseline_cash=baseline.cash if baseline is not None else None,
                 baseline_positions=dict(baseline.positions) if baseline is not None else {},
+                skipped_last_execution_id=fills[after - 1].execution_id if after else None,
+                total=len(fills),
             )
+        elif kind is WorkingOrdersQuery:
+            return self._working_orders()
         elif kind is StatsQuery:
             return ActorStats(counters={**self.counters, "working": self.book.working_count})
         else:
             raise TypeError(f"order manager cannot handle {kind.__name__}")
         return None
+
+    def _working_orders(self) -> WorkingOrders:
+        """Every order the venue may still fill, as the book has it now (oldest first).
+
+        The book is rebuilt from the journal in ``on_start``, before any sibling started
+        after this actor can ask. Recovery runs inside :meth:`handle`, so a query sent
+        while it runs waits in the mailbox and is answered with the reconciled book.
+        """
+        return WorkingOrders(
+            orders=[
+                WorkingOrderView(
+                    client_order_id=order.client_order_id,
+                    intent_id=order.intent_id,
+                    strategy=order.strategy,
+                    symbol=order.symbol,
+                    side=order.side,
+                    order_type=order.order_type,
+                    remaining_qty=max(order.qty - order.filled_qty, ZERO),
+                    limit_price=order.limit_price,
+                    execution_ids=list(order.execution_ids),
+                )
+                for order in self.book.working()
+            ]
+        )
 
     # ------------------------------------------------------------ journal
 
@@ -490,6 +528,13 @@ class OrderManagerActor(Actor):
         self.ctx.log.critical("order_unacknowledged_escalated", client_order_id=order.client_order_id)
         await self._set_state(TradingState.HALTED, reason, "unacknowledged_order")
 
+    def _state_now(self) -> TradingStateChanged:
+        now = self.ctx.clock.time_ns()
+        if not self.recovered:
+            return TradingStateChanged(state=TradingState.RECOVERING, reason="recovering", cause="query", ts_init=now)
+        book = self.book
+        return TradingStateChanged(state=book.trading_state, reason=book.trading_reason, cause="query", ts_init=now)
+
     async def _set_state(self, state: TradingState, reason: str, cause: str) -> None:
         """Journal a trading state, announce it; entering ``HALTED`` cancels every working order."""
         record = TradingStateChanged(state=state, reason=reason, cause=cause, ts_init=self.ctx.clock.time_ns())
@@ -592,6 +637,7 @@ class OrderManagerActor(Actor):
             not_at_venue=not_at_venue,
             mismatches=mismatches,
         )
+        self.recovered = True
         log = self.ctx.log.critical if state is TradingState.HALTED else self.ctx.log.info
         log("recovery_finished", **msgspec.structs.asdict(report))
         await self.ctx.publish(

@@ -79,24 +79,22 @@ import dataclasses
 from collections import Counter, deque
 from collections.abc import Mapping
 from decimal import Decimal
-from fnmatch import fnmatchcase
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 import msgspec
 
+from actors.calendars import DEFAULT_CALENDAR, SymbolCalendars
 from actors.day_trading import DayTradingConfig, check_day_trade
 from actors.pretrade import AccountView, PreTradeChecker, Rejection, WorkingOrder, reduces_exposure
-from actors.risk_metrics import EquityTracker
+from actors.risk_metrics import EquityTracker, ReturnsWindow, exposure
 from actors.risk_policy import RiskPolicy
 from engine import topics
 from engine.actor import Actor
 from engine.calendar import (
-    ALWAYS_OPEN,
     CalendarRangeError,
     MarketSession,
     SessionCalendar,
-    load_calendar,
     local_date,
 )
 from engine.clock import NS_PER_S
@@ -119,22 +117,24 @@ from engine.messages import (
     PortfolioSnapshot,
     ProviderSwitched,
     RiskRejected,
+    RiskReport,
+    RiskReportQuery,
     Side,
     StatsQuery,
     SymbolTradingStatus,
     TimeInForce,
     TradingState,
     TradingStateChanged,
+    TradingStateQuery,
     TradingStateRequest,
     VenueStatus,
+    WorkingOrders,
+    WorkingOrdersQuery,
+    WorkingOrderView,
 )
 
 ZERO: Final = Decimal(0)
 
-DEFAULT_CALENDAR: Final = "XNYS"
-"""US equities: the NYSE calendar (sessions, holidays, early closes)."""
-DEFAULT_SYMBOL_CALENDARS: Final[Mapping[str, str]] = {"SYNTH": ALWAYS_OPEN, "*USDT": ALWAYS_OPEN}
-"""The synthetic symbol and crypto pairs trade around the clock."""
 
 
 class RiskActor(Actor):
@@ -157,9 +157,12 @@ class RiskActor(Actor):
         extended_hours: bool = False,
         starting_cash: Decimal = Decimal(100_000),
         ledger_address: str | None = None,
+        orders_address: str | None = None,
     ) -> None:
         self.ledger_address = ledger_address
         """Where to ask, at start, for the positions and cash a restart begins with."""
+        self.orders_address = orders_address
+        """The order manager: asked, at start and when recovery ends, for the orders still working."""
         self.section = limits
         self.policy = RiskPolicy(limits)
         self.sectors = self.policy.sectors()
@@ -189,12 +192,20 @@ class RiskActor(Actor):
         )
         """The ledger's latest word (``account.state``); until the first, the starting cash."""
         self.working: dict[str, WorkingOrder] = {}
-        """Approved orders not yet done, by intent id (from approvals, fills and order events)."""
+        """Approved orders not yet done, by intent id (from approvals, fills and order events,
+        and at start from the order manager's book: :meth:`_seed_working`)."""
+        self._seeded: dict[str, frozenset[str]] = {}
+        """Entries of ``working`` taken from the order manager → the execution ids their
+        remaining quantity already accounts for (a Fill carrying one is not counted again)."""
+        self._unpriced: set[str] = set()
+        """Seeded market orders with no quote to price them yet: priced at the symbol's next NBBO."""
         self.paused: dict[str, str] = {}
         """strategy → why the runaway guard paused it (until an operator resumes trading)."""
         self.rejected_streak: dict[str, int] = {}
         self._intent_times: dict[str, deque[int]] = {}
         self.equity = EquityTracker(capacity=1)
+        self.returns = ReturnsWindow(capacity=VAR_WINDOW)
+        """The mids at each mark (one per ``mark_interval_s`` while positions are open): VaR's history."""
         self._mark_armed = False
         self._flattens = 0
         self._latest_ns = 0
@@ -203,8 +214,7 @@ class RiskActor(Actor):
         self.quotes: dict[str, BestBidOffer] = {}
         self.venue_unavailable: dict[tuple[str, str], VenueStatus] = {}
         """(venue, component) → the status that made it unavailable."""
-        self.symbol_calendars = {**DEFAULT_SYMBOL_CALENDARS, **(calendars or {})}
-        self.default_calendar = default_calendar
+        self.calendars = SymbolCalendars(calendars, default_calendar)
         self.extended_hours = extended_hours
         self.halts: dict[str, SymbolTradingStatus] = {}
         """symbol → the status that halted it, until one resumes it."""
@@ -212,16 +222,11 @@ class RiskActor(Actor):
         """symbol → the latest status carrying LULD bands."""
         self.stale: dict[str, MarketDataStatus] = {}
         """symbol → pricing's status that called it stale, until one calls it fresh."""
-        self._calendars: dict[str, SessionCalendar] = {}
-        self._calendar_of: dict[str, SessionCalendar] = {}
-        """symbol → its calendar, resolved once (patterns are not matched per order)."""
         self.approved = 0
         self.rejections: Counter[str] = Counter()
 
     async def on_start(self) -> None:
-        names = {self.default_calendar, *self.symbol_calendars.values()}
-        for name in sorted(names):
-            self._calendars[name] = await load_calendar(name)
+        await self.calendars.load()
         self.ctx.subscribe(topics.MD_BBO)
         self.ctx.subscribe(topics.MD_STATUS)
         self.ctx.subscribe(topics.ORDER_INTENT)
@@ -236,11 +241,22 @@ class RiskActor(Actor):
             )
         self.ctx.subscribe(topics.ORDER_FILL)
         self.ctx.subscribe(topics.ORDER_EVENT)
+        if self.orders_address is not None:
+            # A risk actor restarted alone resumes the trading state in force (HALTED stays
+            # halted; after recovery, ACTIVE trades again) instead of its initial state.
+            self._trading_state(await self.ctx.request(self.orders_address, TradingStateQuery()))
+            # A restart begins with working orders too: without them buying power, the open
+            # order cap and self-trade prevention would not count what the venue may still fill.
+            # Subscribed first, so a fill or final report published while the order manager
+            # answers is handled after the answer (a fill it already counts is recognised).
+            await self._seed_working(self.orders_address)
 
     async def handle(self, message: Any) -> Any:
         kind = type(message)
         if kind is BestBidOffer:
             self.quotes[message.symbol] = message
+            if self._unpriced:
+                self._price_seeded(message)
         elif kind is OrderIntent:
             await self._check(message)
         elif kind is SymbolTradingStatus:
@@ -253,6 +269,10 @@ class RiskActor(Actor):
             self._venue_status(message)
         elif kind is TradingStateChanged:
             self._trading_state(message)
+            if message.cause == "recovery" and self.orders_address is not None:
+                # Recovery adopts venue orders, and ends or fills orders without publishing
+                # an OrderUpdate for them: take the reconciled book's working orders again.
+                await self._seed_working(self.orders_address)
         elif kind is AccountState:
             self.account = message
             await self._mark()
@@ -260,16 +280,21 @@ class RiskActor(Actor):
             self._filled(message)
         elif kind is OrderUpdate:
             if message.status.is_terminal and message.intent_id is not None:
-                self.working.pop(message.intent_id, None)
+                self._forget(message.intent_id)
         elif kind is RiskRejected:
-            self.working.pop(message.intent_id, None)  # ours, or the order manager's refusal
+            self._forget(message.intent_id)  # ours, or the order manager's refusal
         elif kind is AccountBaseline:
             pass  # the ledger's AccountState follows it
         elif kind is _MarkTick:
             self._mark_armed = False
+            marks = self._marks()
+            if marks:
+                self.returns.sample(marks)  # at a regular interval, not per fill: VaR's horizon
             await self._mark()
         elif kind is OperatorCommand:
             return await self._operator(message)
+        elif kind is RiskReportQuery:
+            return self._report()
         elif kind is StatsQuery:
             return ActorStats(
                 counters={
@@ -332,18 +357,8 @@ class RiskActor(Actor):
         return None
 
     def calendar_for(self, symbol: str) -> SessionCalendar:
-        """The symbol's calendar: an exact mapping, else the first matching pattern, else the default."""
-        found = self._calendar_of.get(symbol)
-        if found is not None:
-            return found
-        name = self.symbol_calendars.get(symbol)
-        if name is None:
-            name = next(
-                (cal for pattern, cal in self.symbol_calendars.items() if fnmatchcase(symbol, pattern)),
-                self.default_calendar,
-            )
-        found = self._calendar_of[symbol] = self._calendars[name]
-        return found
+        """The symbol's calendar (:class:`~actors.calendars.SymbolCalendars`)."""
+        return self.calendars.calendar_for(symbol)
 
     # ------------------------------------------------------------ the checks
 
@@ -484,11 +499,86 @@ class RiskActor(Actor):
         order = self.working.get(fill.intent_id)
         if order is None:
             return
+        seeded = self._seeded.get(fill.intent_id)
+        if seeded is not None and fill.execution_id in seeded:
+            return  # the order manager's answer already counted it
         remaining = order.remaining_qty - fill.qty
         if remaining > 0:
             self.working[fill.intent_id] = dataclasses.replace(order, remaining_qty=remaining)
         else:
-            del self.working[fill.intent_id]
+            self._forget(fill.intent_id)
+
+    def _forget(self, key: str) -> None:
+        self.working.pop(key, None)
+        if self._seeded:
+            self._seeded.pop(key, None)
+            self._unpriced.discard(key)
+
+    async def _seed_working(self, address: str) -> None:
+        """Take the order manager's working orders (its book, rebuilt from the journal) as ours.
+
+        Keyed by intent id like approvals are (the book always has one: an adopted venue
+        order's is ``adopted:<client order id>``; an empty one falls back to the client
+        order id). Priced as :meth:`_check` prices an approval: the side of the NBBO the
+        order would pay, or its limit when that is worse for us; with no quote yet, the
+        limit; a market order with neither counts at 0 until the symbol's next NBBO
+        (:meth:`_price_seeded`). Asked again when recovery ends, entries an earlier answer
+        seeded and this one lacks are dropped (recovery found them done); an approval of
+        ours the answer lacks stays (its ``ApprovedOrder`` may not have reached the order
+        manager yet; its final report or refusal removes it). With the default request
+        timeout: an order manager busy recovering makes a restarting risk actor fail and
+        be restarted until it answers.
+        """
+        answer: WorkingOrders = await self.ctx.request(address, WorkingOrdersQuery())
+        keys = {view.intent_id or view.client_order_id for view in answer.orders}
+        for key in [k for k in self._seeded if k not in keys]:
+            self._forget(key)
+        for view in answer.orders:
+            key = view.intent_id or view.client_order_id
+            if view.remaining_qty <= 0:
+                self._forget(key)  # filled in full; its final status is on its way
+                continue
+            existing = self.working.get(key)
+            if existing is not None and key not in self._unpriced:
+                reference: Decimal | None = existing.reference_price
+            else:
+                reference = self._seed_reference(view)
+            if reference is None:
+                self._unpriced.add(key)
+            else:
+                self._unpriced.discard(key)
+            self.working[key] = WorkingOrder(
+                client_order_id=view.client_order_id,
+                strategy=view.strategy,
+                symbol=view.symbol,
+                side=view.side,
+                remaining_qty=view.remaining_qty,
+                limit_price=view.limit_price,
+                reference_price=ZERO if reference is None else reference,
+            )
+            self._seeded[key] = frozenset(view.execution_ids)
+        self.ctx.log.info("working_orders_seeded", orders=len(answer.orders), working=len(self.working),
+                          unpriced=len(self._unpriced))
+
+    def _seed_reference(self, view: WorkingOrderView) -> Decimal | None:
+        bbo = self.quotes.get(view.symbol)
+        limit = view.limit_price
+        if bbo is None:
+            return limit
+        quoted = bbo.ask_price if view.side is Side.BUY else bbo.bid_price
+        if limit is None:
+            return quoted
+        return max(quoted, limit) if view.side is Side.BUY else min(quoted, limit)
+
+    def _price_seeded(self, bbo: BestBidOffer) -> None:
+        for key in list(self._unpriced):
+            order = self.working.get(key)
+            if order is None:
+                self._unpriced.discard(key)
+            elif order.symbol == bbo.symbol:
+                self._unpriced.discard(key)
+                price = bbo.ask_price if order.side is Side.BUY else bbo.bid_price
+                self.working[key] = dataclasses.replace(order, reference_price=price)
 
     def _working_in(self, symbol: str) -> list[WorkingOrder]:
         return [o for o in self.working.values() if o.symbol == symbol]
@@ -572,6 +662,45 @@ class RiskActor(Actor):
         if self.account.positions and not self._mark_armed:
             self._mark_armed = True
             self.ctx.tell_self_at(now + round(section.mark_interval_s * NS_PER_S), _MARK)
+
+    def _report(self) -> RiskReport:
+        marks = self._marks()
+        account = self.account
+        priced = {s: marks.get(s, account.avg_prices.get(s, ZERO)) for s in account.positions}
+        equity = self._equity(marks)
+        held = exposure(account.positions, priced)
+        var = es = None
+        if len(self.returns) >= VAR_MIN_SAMPLES:
+            try:
+                loss_var, loss_es = self.returns.var_es(account.positions, 0.95, priced)
+                var, es = _cents(loss_var), _cents(loss_es)
+            except (KeyError, ValueError):
+                var = es = None  # a held symbol never sampled, or no complete interval yet
+        watch = self.equity
+        return RiskReport(
+            trading_state=self.state.value,
+            trading_reason=self.state_reason,
+            equity=equity,
+            long_exposure=held.long,
+            short_exposure=held.short,
+            gross_exposure=held.gross,
+            net_exposure=held.net,
+            leverage=(held.gross / equity).quantize(_REPORT_PLACES) if equity > 0 else ZERO,
+            concentration_pct={
+                s: (abs(q * priced[s]) * 100 / equity).quantize(_REPORT_PLACES)
+                for s, q in sorted(account.positions.items())
+                if q and equity > 0
+            },
+            daily_pnl=watch.daily_pnl,
+            drawdown_pct=watch.drawdown_pct,
+            high_water=watch.high_water if watch.high_water is not None else equity,
+            var_95=var,
+            es_95=es,
+            var_samples=len(self.returns),
+            working_orders=len(self.working),
+            paused_strategies=sorted(self.paused),
+            ts_init=self.ctx.clock.time_ns(),
+        )
 
     # ------------------------------------------------------------ trading state and operators
 
@@ -673,6 +802,18 @@ class RiskActor(Actor):
             ),
         )
 
+
+def _cents(estimate: float) -> Decimal:
+    """A float estimate (VaR, ES) as money rounded to the cent, never "-0.00"."""
+    return Decimal(repr(estimate)).quantize(Decimal("0.01")) + ZERO
+
+
+_REPORT_PLACES: Final = Decimal("0.0001")
+"""Ratios in a report (leverage, concentration) are shown to four places."""
+VAR_WINDOW: Final = 501
+"""Mark samples kept for historical VaR: 500 intervals."""
+VAR_MIN_SAMPLES: Final = 21
+"""VaR and ES are reported from 20 intervals on (at 95 %, the tail is then one outcome)."""
 
 OPERATOR: Final = "operator"
 """The strategy name of orders an operator's flatten sends."""

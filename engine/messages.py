@@ -567,10 +567,16 @@ class AccountState(Event, frozen=True, kw_only=True):
     """Cash accounts: per symbol, quantity bought with unsettled proceeds whose sale before
     those proceeds settle would be a good-faith violation."""
     ts_init: int
+    good_faith_violations: int = 0
+    """Cash accounts: good-faith violations in the twelve months up to ``trade_date`` (brokers
+    restrict an account to settled cash after three)."""
 
 
 class FillHistoryQuery(Event, frozen=True, kw_only=True):
-    """Ask the order manager for every fill it has booked (a restarted ledger rebuilds from it)."""
+    """Ask the order manager for the fills it has booked (a restarted ledger rebuilds from them)."""
+
+    after: int = 0
+    """Skip the first ``after`` fills (a ledger restored from a snapshot already holds them)."""
 
 
 class FillHistory(Event, frozen=True, kw_only=True):
@@ -578,6 +584,78 @@ class FillHistory(Event, frozen=True, kw_only=True):
     baseline_cash: Decimal | None = None
     """The cash the fills count from, when the order manager knows it (from the journal)."""
     baseline_positions: dict[str, Decimal] = {}
+    skipped_last_execution_id: str | None = None
+    """The execution id of the last fill skipped (``after`` > 0): the asker checks it holds it."""
+    total: int = 0
+    """How many fills the order manager has booked in all."""
+
+
+class TradingStateQuery(Event, frozen=True, kw_only=True):
+    """Ask the order manager for the trading state in force (request/reply: a
+    :class:`TradingStateChanged` with cause ``query``; ``RECOVERING`` until recovery is done).
+    A risk actor restarted alone resumes from it instead of its initial state."""
+
+
+class WorkingOrdersQuery(Event, frozen=True, kw_only=True):
+    """Ask the order manager for every order the venue may still fill (a restarted risk
+    actor seeds its working-order view from it)."""
+
+
+class WorkingOrderView(msgspec.Struct, frozen=True, kw_only=True):
+    """One working order as the order manager's book has it (part of :class:`WorkingOrders`)."""
+
+    client_order_id: str
+    intent_id: str
+    strategy: str
+    symbol: str
+    side: Side
+    order_type: OrderType
+    remaining_qty: Decimal
+    """Quantity minus what has been booked filled."""
+    limit_price: Decimal | None
+    execution_ids: list[str] = []
+    """The executions ``remaining_qty`` already accounts for: a ``Fill`` carrying one of
+    them, still on its way to the reader, must not be subtracted again."""
+
+
+class WorkingOrders(Event, frozen=True, kw_only=True):
+    orders: list[WorkingOrderView]
+    """Oldest first."""
+
+
+class RiskReportQuery(Event, frozen=True, kw_only=True):
+    """Ask the risk actor for its view of the account's risk (request/reply: a :class:`RiskReport`)."""
+
+
+class RiskReport(Event, frozen=True, kw_only=True):
+    """Risk's figures now: the trading state and the account marked at the latest mids.
+
+    Money is exact where it comes from the ledger and the marks. VaR and expected
+    shortfall are statistical estimates (historical, over risk's mark samples: one per
+    ``mark_interval_s`` while positions are open), computed in floats and reported rounded
+    to the cent; None until enough samples exist.
+    """
+
+    trading_state: str
+    trading_reason: str
+    equity: Decimal
+    long_exposure: Decimal
+    short_exposure: Decimal
+    gross_exposure: Decimal
+    net_exposure: Decimal
+    leverage: Decimal
+    """Gross exposure / equity (0 when equity ≤ 0)."""
+    concentration_pct: dict[str, Decimal]
+    """Per symbol, |market value| as a percentage of equity."""
+    daily_pnl: Decimal
+    drawdown_pct: Decimal
+    high_water: Decimal
+    var_95: Decimal | None
+    es_95: Decimal | None
+    var_samples: int
+    working_orders: int
+    paused_strategies: list[str]
+    ts_init: int
 
 
 class StatsQuery(Event, frozen=True, kw_only=True):
@@ -625,6 +703,11 @@ Message = (
     | PortfolioSnapshot
     | FillHistoryQuery
     | FillHistory
+    | TradingStateQuery
+    | WorkingOrdersQuery
+    | WorkingOrders
+    | RiskReportQuery
+    | RiskReport
     | StatsQuery
     | ActorStats
 )

@@ -32,6 +32,7 @@ from typing import Any, Final, Protocol
 
 import msgspec
 
+from actors.calendars import SymbolCalendars
 from actors.order_manager import OrderManagerActor
 from actors.pricing import PricingActor, PricingPolicy
 from actors.risk import RiskActor
@@ -72,6 +73,8 @@ from engine.messages import (
     PortfolioSnapshot,
     Recover,
     RecoveryReport,
+    RiskReport,
+    RiskReportQuery,
     StatsQuery,
     TradingState,
 )
@@ -139,6 +142,9 @@ class SessionSummary(msgspec.Struct, kw_only=True):
     startup_s: float = 0.0
     """From creating the actor tree to recovery done: actors started, calendars loaded, the
     journal's book rebuilt and reconciled. Not part of ``wall_s``."""
+    risk: RiskReport | None = None
+    """Risk's figures at the end: exposure, leverage, concentration, daily P&L, drawdown,
+    historical VaR / expected shortfall (95 %), working orders, paused strategies."""
 
 
 @dataclass(frozen=True)
@@ -288,7 +294,7 @@ def risk(config: Config, market_data: dict[type, Policy], *, default_calendar: s
     ``default_calendar="XNYS"`` to gate by the real sessions of the recorded day.
     """
     limits = config.risk
-    calendar = limits.default_calendar or default_calendar or ("24/7" if config.venue.kind == "simulator" else "XNYS")
+    calendar = market_calendar(config, default_calendar)
     return ActorSpec(
         RISK,
         lambda: RiskActor(
@@ -299,15 +305,34 @@ def risk(config: Config, market_data: dict[type, Policy], *, default_calendar: s
             extended_hours=limits.extended_hours,
             starting_cash=config.venue.starting_cash,
             ledger_address=SETTLEMENT,
+            orders_address=ORDER_MANAGER,
         ),
         policies=market_data,
     )
 
 
-def settlement(config: Config) -> ActorSpec:
+def market_calendar(config: Config, default_calendar: str | None = None) -> str:
+    """The calendar of symbols ``[risk] calendars`` does not map (see :func:`risk`)."""
+    configured = config.risk.default_calendar
+    return configured or default_calendar or ("24/7" if config.venue.kind == "simulator" else "XNYS")
+
+
+def settlement(config: Config, journal: Journal | None = None, *, default_calendar: str | None = None) -> ActorSpec:
+    """The settlement actor's spec: fills dated on the same calendars risk gates orders by
+    (T+1 session for exchange symbols), the account's day on the default calendar."""
     account_type = config.risk.account_type
+    calendar = market_calendar(config, default_calendar)
     return ActorSpec(
-        SETTLEMENT, lambda: SettlementActor(config.venue.starting_cash, ORDER_MANAGER, account_type=account_type)
+        SETTLEMENT,
+        lambda: SettlementActor(
+            config.venue.starting_cash,
+            ORDER_MANAGER,
+            account_type=account_type,
+            calendars=SymbolCalendars(config.risk.calendars, calendar),
+            account_calendar=calendar,
+            journal=journal,
+            snapshot_every=config.journal.snapshot_every,
+        ),
     )
 
 
@@ -338,7 +363,7 @@ def session_tree(
         "root",
         [
             order_manager(config, journal),
-            settlement(config),
+            settlement(config, journal, default_calendar=default_calendar),
             ActorSpec(VENUE, lambda: SimulatedVenue(config.venue.fee_per_share)),
             # Replays play recorded time: equity days are gated by the NYSE calendar they were
             # recorded on (crypto and the synthetic symbol are 24/7 whatever the default). A
@@ -495,6 +520,7 @@ async def _summarise(
     orders: ActorStats = await bus.request(ORDER_MANAGER, StatsQuery())
     risk: ActorStats = await bus.request(RISK, StatsQuery())
     pricing_stats: ActorStats = await bus.request(PRICING, StatsQuery())
+    risk_report: RiskReport = await bus.request(RISK, RiskReportQuery())
     crashes = sum(s.crashes for s in root.stats.values())
     return SessionSummary(
         mode=mode,
@@ -518,9 +544,10 @@ async def _summarise(
         quotes_crossed=pricing_stats.counters.get("crossed", 0),
         actor_crashes=crashes,
         journal=str(journal.path) if journal is not None else None,
-        trading_state=next(iter(risk.breakdown.get("trading_state", {})), report.state.value),
-        trading_reason=report.reason,
+        trading_state=risk_report.trading_state,
+        trading_reason=risk_report.trading_reason,
         recovery=report,
+        risk=risk_report,
     )
 
 
@@ -546,7 +573,7 @@ def live_tree(
         "root",
         [
             order_manager(config, journal),
-            settlement(config),
+            settlement(config, journal),
             ActorSpec(VENUE, lambda: AlpacaVenueActor(venue_url, credentials.key_id, credentials.secret_key, rest)),
             risk(config, market_data),
             ActorSpec(STRATEGY, lambda: StrategyActor(build_strategy, SETTLEMENT, boot)),

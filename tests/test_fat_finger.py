@@ -9,6 +9,7 @@ to REDUCING (journaled with its cause), and nothing that breaks a rule reaches t
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,14 @@ async def test_fat_finger_trips_every_rule_and_the_loss_limit(tmp_path: Path) ->
                 sent.append(entry.record)
     assert [(s.state, s.cause) for s in states][-1] == (TradingState.REDUCING, "daily_loss"), states
     assert "daily loss" in states[-1].reason
+    # The summary tells the latest reason (not recovery's), and risk's figures at the end.
+    assert summary.trading_reason == states[-1].reason
+    report = summary.risk
+    assert report is not None and report.trading_state == "reducing"
+    assert report.net_exposure == report.long_exposure == report.gross_exposure > 0  # long 10 SYNTH
+    assert report.daily_pnl < 0 and report.drawdown_pct > 0
+    share = report.gross_exposure * 100 / report.equity
+    assert report.concentration_pct["SYNTH"] == share.quantize(Decimal("0.0001"))
     # What reached the venue: the open, one of the duplicate pair, the churn pair, the
     # reducing sell and the three burst sells. Nothing oversized, nothing short.
     assert len(sent) == summary.orders == 8

@@ -271,6 +271,10 @@ def test_buying_with_unsettled_proceeds_restricts_until_they_settle() -> None:
     assert ledger.gfv_restricted(tue) == {"Y": D(6)}
     ledger.apply(make(5, "Y", Side.SELL, D(6), D(101), D(0), at(wed)))  # Wednesday: settled, fine
     assert len(ledger.violations) == 1 and ledger.gfv_restricted(wed) == {}
+    # Risk reads the count in the account state: the last twelve months, then it drops out.
+    assert ledger.state(at(wed), wed, [wed]).good_faith_violations == 1
+    next_year = tue + dt.timedelta(days=366)
+    assert ledger.state(at(wed), next_year, [next_year]).good_faith_violations == 0
 
 
 def test_a_purchase_partly_paid_with_settled_cash_restricts_only_the_rest() -> None:

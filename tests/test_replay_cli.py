@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import itertools
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ async def test_the_same_seed_gives_the_same_event_log_and_journal_in_process_and
     assert s["ticks"] == N and s["orders"] > 100 and s["seed"] == 5
     assert len(s["event_log_sha256"]) == 64 and len(s["journal_sha256"]) == 64
     assert s["input_errors"] == {} and s["input_error_samples"] == []
+    assert s["risk"]["var_samples"] > 20 and Decimal(s["risk"]["es_95"]) >= Decimal(s["risk"]["var_95"])
 
     code, other, err = _replay("--synthetic", str(N), "--seed", "6", "--config", str(toml), tmp_path=tmp_path)
     assert code == 0, err

@@ -264,7 +264,8 @@ async def test_the_actor_publishes_the_account_state_after_each_booked_fill(xnys
         snapshot: PortfolioSnapshot = await bus.request("settlement", PortfolioQuery())
         assert snapshot.cash == D(10) and snapshot.fills == 3
         stats = await bus.request("settlement", StatsQuery())
-        assert stats.counters == {"fills": 3, "account_states": 2}
+        assert stats.counters["fills"] == 3
+        assert stats.counters["account_states"] == 2
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
