@@ -24,6 +24,9 @@ from typing import Protocol
 
 NS_PER_S = 1_000_000_000
 
+_wall_skew: Callable[[], int] | None = None
+"""Fault injection only (chaos runs, set by :mod:`engine.faults`): ns added to ``LiveClock`` wall time."""
+
 
 def wall_time_ns() -> int:
     """The process wall clock. Used by log timestamps and the live clock only."""
@@ -66,10 +69,12 @@ class LiveClock:
     is_simulated = False
 
     def time_ns(self) -> int:
-        return time.time_ns()
+        if _wall_skew is None:  # always, unless a chaos run armed a clock jump (engine/faults.py)
+            return time.time_ns()
+        return time.time_ns() + _wall_skew()
 
     def call_at(self, when_ns: int, callback: Callable[[], object]) -> TimerHandle:
-        return self.call_later((when_ns - time.time_ns()) / NS_PER_S, callback)
+        return self.call_later((when_ns - self.time_ns()) / NS_PER_S, callback)
 
     def call_later(self, delay_s: float, callback: Callable[[], object]) -> TimerHandle:
         return asyncio.get_running_loop().call_later(max(0.0, delay_s), callback)
@@ -78,7 +83,7 @@ class LiveClock:
         await asyncio.sleep(delay_s)
 
     async def sleep_until(self, when_ns: int) -> None:
-        await asyncio.sleep(max(0.0, (when_ns - time.time_ns()) / NS_PER_S))
+        await asyncio.sleep(max(0.0, (when_ns - self.time_ns()) / NS_PER_S))
 
 
 class _SimTimer:

@@ -61,7 +61,7 @@ from typing import Any, Concatenate, Final, ParamSpec, TypeVar, cast
 import aiosqlite
 import msgspec
 
-from engine import crashpoints
+from engine import crashpoints, faults
 from engine.clock import Clock, perf_ns
 from engine.errors import KestrelError
 from engine.logs import get_logger
@@ -413,6 +413,7 @@ def _write_events(conn: sqlite3.Connection, rows: list[_Row]) -> None:
     try:
         conn.executemany(_INSERT_EVENT, rows)
         crashpoints.hit("journal.before_commit")
+        faults.journal_commit()  # chaos runs only: the armed commit fails here, as a full disk's would
         conn.execute("COMMIT")
     except BaseException as exc:
         _rollback(conn, exc)

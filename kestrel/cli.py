@@ -22,13 +22,14 @@ import msgspec
 
 from adapters.alpaca_sim.cli import default_key_id, default_secret_key, serve
 from adapters.replay_sources import FILE_FORMATS
-from engine import crashpoints
+from engine import crashpoints, faults
 from engine.config import Config, check_live_confirmation, load_config, load_credentials, render_config
 from engine.errors import SupervisorGaveUp, UserError
 from engine.journal import JournalError
 from engine.logs import configure_logging, console_for_stderr, get_logger, shutdown_logging
 from engine.secrets import scrub
 from kestrel import journal_cli
+from kestrel.chaos_cli import add_chaos_command, cmd_chaos
 from kestrel.control_cli import add_control_commands, run_control_command
 from kestrel.node import RecordPlan, SessionOptions, SessionSummary, run_live_session, run_recorder, run_replay_session
 
@@ -125,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     journal_cli.add_parser(commands)
     add_control_commands(commands)
+    add_chaos_command(commands)
 
     check = commands.add_parser("check-config", help="validate a config file and print the effective config")
     check.add_argument("file", type=Path)
@@ -248,6 +250,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Crash tests only: KESTREL_CRASH_AT=<point>[:n] kills this process at that point (engine/crashpoints.py).
     if crashpoints.arm_from_env(os.environ) is not None:
         get_logger(actor="cli").warning("crash_point_armed", point=os.environ[crashpoints.ENV_VAR])
+    faults.arm_from_env(os.environ)  # Chaos runs only: KESTREL_FAULTS='{...}' (engine/faults.py); logs faults_armed.
     progress = _Progress() if sys.stderr.isatty() and not args.json and args.command == "replay" else None
     options = SessionOptions(
         strategy=args.strategy,
@@ -300,6 +303,11 @@ def cmd_record(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_chaos(args: argparse.Namespace) -> int:
+    configure_logging(None, "warning", console_for_stderr())
+    return cmd_chaos(args, _new_loop)
+
+
 def _cmd_journal(args: argparse.Namespace) -> int:
     configure_logging(None, "warning", console_for_stderr())
     return journal_cli.cmd_journal(args)
@@ -321,6 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "halt": run_control_command,
         "resume": run_control_command,
         "flatten": run_control_command,
+        "chaos": _cmd_chaos,
     }
     log = get_logger(actor="cli")
     try:

@@ -18,9 +18,7 @@ simulator's REST view with the journal.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
-import random
 import selectors
 import signal
 import sqlite3
@@ -39,7 +37,7 @@ from typing import Any
 
 import orjson
 
-from tests.helpers import write_lean_zip
+from simulations.lean_feed import chaos_session
 
 KEY_ID = "PKCRASHTEST00001"
 SECRET_KEY = "crash-test-secret-0001"
@@ -92,39 +90,8 @@ def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL, timeout: flo
 
 
 def synthetic_session(folder: Path, seed: int, quotes: int = 4000) -> list[Path]:
-    """A seeded IBM-like session in the LEAN tick format, for the simulator to replay.
-
-    Why not the bundled IBM day: it starts at 04:00 with a pre-market whose quotes come in
-    bursts with long gaps, so how long an engine waits for its next trade depends on where
-    in the day the replay is, and its regular session is denser than two cores want to
-    replay for seven scenarios side by side. This one has what the crash tests need and
-    nothing that makes them slow or flaky:
-
-    - quotes every 100 ms of market time, in bursts of 2 s separated by 1.5 s of silence:
-      a restart may recover before the first quote arrives, as in a quiet market, so the
-      fills recovery books can reach a strategy that has not seen the symbol yet;
-    - sizes 100-900 shares, so a 500-share market order often fills in several pieces;
-    - prices around $180 on a $100,000 account: 500 shares fit, 1,000 do not, so an engine
-      that forgets a position it holds and buys again is refused and stops trading.
-    """
-    rng = random.Random(seed)
-    mid = 1_800_000  # $180.0000 (LEAN prices are dollars x 10,000)
-    quote_rows: list[tuple[object, ...]] = []
-    trade_rows: list[tuple[object, ...]] = []
-    ms = 34_200_000  # 09:30 New York
-    for i in range(quotes):
-        mid += int(rng.gauss(0, 1) * 500) + int(300 * math.sin(i / 50))
-        half = 100 * rng.randint(1, 3)
-        quote_rows.append((ms, mid - half, rng.randint(1, 9) * 100, 0, 0, "P", 1, 0))
-        quote_rows.append((ms, 0, 0, mid + half, rng.randint(1, 9) * 100, "N", 1, 0))
-        if i % 10 == 0:
-            trade_rows.append((ms, mid, 100, "D", 0, 0))
-        ms += 1_600 if i % 20 == 19 else 100
-    day = folder / "ibm"
-    return [
-        write_lean_zip(day / "20240102_quote.zip", quote_rows),
-        write_lean_zip(day / "20240102_trade.zip", trade_rows),
-    ]
+    """The simulator's session (:func:`simulations.lean_feed.chaos_session`, shared with ``kestrel chaos``)."""
+    return chaos_session(folder, seed, quotes)
 
 
 class Simulator:

@@ -4,18 +4,11 @@ from __future__ import annotations
 
 import math
 import random
-import zipfile
-from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from simulations.lean_feed import write_lean_zip
 
-def write_lean_zip(path: Path, rows: Iterable[Sequence[object]]) -> Path:
-    """Write one LEAN tick zip (one header-less CSV inside) at ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = "".join(",".join(str(v) for v in row) + "\n" for row in rows)
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr(path.stem + ".csv", text)
-    return path
+__all__ = ["random_walk_day", "write_lean_zip"]
 
 
 def random_walk_day(

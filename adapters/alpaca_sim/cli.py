@@ -9,11 +9,19 @@ Keys: ``SimulatorConfig`` takes ``key_id``/``secret_key`` from the environment
 (``APCA_API_KEY_ID`` / ``APCA_API_SECRET_KEY``) when set, else the documented defaults
 ``kestrel-sim-key`` / ``kestrel-sim-secret``. The secret is registered with the log
 redaction (:class:`engine.secrets.Secret`) and never shown by ``repr``.
+
+Faults: :attr:`RunningSimulator.faults` (``state.py``) plus the server-restart fault
+:meth:`RunningSimulator.restart_server` (built from :meth:`~RunningSimulator.stop_serving`
+and :meth:`~RunningSimulator.start_serving`): the listening socket closes and every
+connection (websockets and keep-alive HTTP) is aborted, so clients get connection
+refused; then the server listens again on the same host and port with the venue's state
+(account, orders, positions, feed) intact. The venue keeps running while it is down.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import random
 from collections.abc import Callable
@@ -103,6 +111,10 @@ class SimulatorConfig(msgspec.Struct, kw_only=True):
         )
 
 
+_OS_CLOCK: Final = LiveClock()
+"""Real time, for waiting on the operating system (a port to be free) whatever the venue's clock."""
+
+
 class RunningSimulator:
     """A started simulator: its address, state, feed player and fault hooks."""
 
@@ -114,6 +126,8 @@ class RunningSimulator:
         hub: MarketDataHub | None,
         runner: web.AppRunner,
         player_task: asyncio.Task[None] | None,
+        site: web.TCPSite | None = None,
+        listen_host: str | None = None,
     ) -> None:
         self.url = url
         """``http://HOST:PORT`` (the REST base, without ``/v2``)."""
@@ -124,7 +138,73 @@ class RunningSimulator:
         self.player_task = player_task
         self.trade_hub: TradeStreamHub = runner.app[TRADE_HUB]
         self._runner = runner
+        self._site = site
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        self._host = listen_host or host
+        """What :meth:`start_serving` binds (the configured host, e.g. ``localhost``)."""
+        self._port = int(port)
         self._stopped = False
+
+    @property
+    def serving(self) -> bool:
+        """Listening for connections (False between :meth:`stop_serving` and :meth:`start_serving`)."""
+        return self._site is not None
+
+    async def stop_serving(self) -> None:
+        """Go down like a crashed gateway: close the listening socket (new connections are
+        refused) and abort every open connection — both websocket kinds and keep-alive HTTP
+        connections, in-flight requests included. The venue state and the feed keep
+        running. Idempotent."""
+        site, self._site = self._site, None
+        if site is None:
+            return
+        await site.stop()
+        self.trade_hub.disconnect_all()
+        if self.hub is not None:
+            await self.hub.disconnect_all()
+        server = self._runner.server
+        if server is not None:
+            for handler in server.connections:
+                transport = handler.transport
+                if transport is not None:
+                    transport.abort()
+        log.info("simulator_down", url=self.url)
+
+    async def start_serving(self, attempts: int = 50) -> None:
+        """Listen again on the same host and port (after :meth:`stop_serving`). Idempotent.
+
+        The port is bound with ``SO_REUSEADDR`` (asyncio's default on POSIX), so the
+        connections just aborted do not block it; if the port is still busy (another
+        process took it meanwhile) it retries every 20 ms of real time, ``attempts`` times,
+        then raises the ``OSError``.
+        """
+        if self._stopped:
+            raise RuntimeError("the simulator was stopped")
+        if self._site is not None:
+            return
+        for attempt in range(attempts):
+            site = web.TCPSite(self._runner, self._host, self._port)
+            try:
+                await site.start()
+            except OSError as exc:
+                await site.stop()
+                if exc.errno != errno.EADDRINUSE or attempt == attempts - 1:
+                    raise
+                await _OS_CLOCK.sleep(0.02)  # waiting on the OS, not on the engine clock
+                continue
+            self._site = site
+            log.info("simulator_up", url=self.url)
+            return
+
+    async def restart_server(self, downtime_s: float = 0.0) -> None:
+        """The server-restart fault (counted as ``server_restart``): :meth:`stop_serving`,
+        wait ``downtime_s`` on the engine clock (clients meanwhile get connection refused),
+        :meth:`start_serving` on the same port. Orders, positions and cash are kept."""
+        self.faults.count("server_restart")
+        await self.stop_serving()
+        if downtime_s > 0:
+            await self.state.clock.sleep(downtime_s)
+        await self.start_serving()
 
     @property
     def faults(self) -> Faults:
@@ -138,6 +218,7 @@ class RunningSimulator:
         if self._stopped:
             return
         self._stopped = True
+        self._site = None
         task = self.player_task
         if task is not None and not task.done():
             task.cancel()
@@ -154,7 +235,7 @@ async def start_simulator(config: SimulatorConfig, clock: Clock) -> RunningSimul
     state = VenueState(config.venue_settings(), clock, seed=config.seed)
     authorize = make_authorizer(config.key_id, config.secret_key)
     hub = (
-        MarketDataHub(authorize, clock, rng=random.Random(f"market-data:{config.seed}"))
+        MarketDataHub(authorize, clock, rng=random.Random(f"market-data:{config.seed}"), faults=state.faults)
         if config.market_data
         else None
     )
@@ -185,7 +266,7 @@ async def start_simulator(config: SimulatorConfig, clock: Clock) -> RunningSimul
         )
         player_task = asyncio.create_task(player.run(), name="alpaca-sim-feed")
     log.info("simulator_started", url=url, feed_files=len(config.feed_files), seed=config.seed)
-    return RunningSimulator(url, state, player, hub, runner, player_task)
+    return RunningSimulator(url, state, player, hub, runner, player_task, site, listen_host=config.host)
 
 
 async def serve(

@@ -37,17 +37,29 @@ Backpressure: each connection has a bounded frame queue drained by its own write
 A publish never waits: a connection whose queue is full has fallen too far behind and
 gets error 407 "slow client" (its pending frames are dropped to make room for it) and is
 closed; if its socket does not drain within ``slow_close_grace_s`` it is aborted.
+
+Fault hooks, when the hub is given the venue's ``Faults`` (``state.py``; the simulator
+does so): ``md_drop_next`` / ``md_duplicate_next`` / ``md_reorder_next`` act in
+:meth:`MarketDataHub._fan_out`, once per published quote/trade frame, on every
+subscriber of it alike (a held-back frame waits per connection and follows the next
+frame that connection gets); :meth:`MarketDataHub.disconnect_all` backs
+``disconnect_market_data``; :meth:`MarketDataHub.stall` backs ``stall_streams``: a stalled
+connection gets no quote/trade frames (they are dropped, not queued), its control
+frames wait in its queue, and its pings go unanswered until the stall ends (engine
+clock). Pings are answered by the reader, not by aiohttp's autoping, so that a stall can
+withhold them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
 import msgspec
@@ -57,6 +69,9 @@ from adapters.alpaca.wire import timestamp
 from adapters.alpaca_sim.events import SimQuote, SimTrade
 from engine.clock import Clock, TimerHandle
 from engine.logs import get_logger
+
+if TYPE_CHECKING:
+    from adapters.alpaca_sim.state import Faults
 
 FEEDS: Final = frozenset({"iex", "sip", "test"})
 """Feeds the hub serves; ``test`` carries only the synthetic test symbol."""
@@ -185,6 +200,8 @@ class HubCounters:
     frames_sent: int = 0
     dropped_connections: int = 0
     """Connections aborted by :meth:`MarketDataHub.close_all`."""
+    frames_dropped_stalled: int = 0
+    """Quote/trade frames not sent to a stalled connection (the ``stall_streams`` fault)."""
 
 
 class _Connection:
@@ -206,6 +223,10 @@ class _Connection:
         """Per channel, the subscribed symbols in subscription order (a dict as an ordered set)."""
         self.timers: list[TimerHandle] = []
         self.done = asyncio.Event()
+        self.stalled_until_ns = 0
+        """A stall fault: nothing is sent and pings go unanswered until then (epoch ns)."""
+        self.held: Frame | None = None
+        """A frame held back by the ``md_reorder_next`` fault, sent after the next one."""
 
     def wants(self, channel: str, symbol: str) -> bool:
         subs = self.subs[channel]
@@ -238,6 +259,7 @@ class MarketDataHub:
         slow_close_grace_s: float = 1.0,
         test_interval_s: float = 0.1,
         rng: random.Random | None = None,
+        faults: Faults | None = None,
     ) -> None:
         if queue_size < 2:
             raise ValueError("queue_size must be at least 2 (an error frame and the close)")
@@ -256,6 +278,10 @@ class MarketDataHub:
         self._test_mid_cents = 10_000
         self._test_trade_id = 0
         self._log = get_logger(component="alpaca_sim_market_data")
+        self._faults = faults
+        if faults is not None:
+            faults.add_market_data_disconnector(self.disconnect_all)
+            faults.add_stall_target(self.stall)
 
     # ------------------------------------------------------------ introspection
 
@@ -293,27 +319,50 @@ class MarketDataHub:
         self._fan_out("trades", t.symbol, lambda mp: encode_frame([trade_message(t, mp)], mp), test)
 
     def _fan_out(self, channel: str, symbol: str, encode: Callable[[bool], Frame], test: bool) -> None:
-        # Encoded at most once per codec, shared by every connection that gets it.
-        frames: dict[bool, Frame] = {}
+        targets: list[_Connection] = []
+        now = self._clock.time_ns()
         for conn in tuple(self._connections):
             if (conn.feed == "test") != test or not conn.authenticated or conn.closing:
                 continue
             if not conn.wants(channel, symbol):
                 continue
+            if conn.stalled_until_ns > now:
+                self.counters.frames_dropped_stalled += 1
+                continue
+            targets.append(conn)
+        if not targets:
+            return
+        fault = None
+        if self._faults is not None:
+            fault = self._faults.next_md_fault(can_reorder=all(conn.held is None for conn in targets))
+            if fault == "drop":
+                return
+        # Encoded at most once per codec, shared by every connection that gets it.
+        frames: dict[bool, Frame] = {}
+        for conn in targets:
             frame = frames.get(conn.msgpack)
             if frame is None:
                 frame = frames[conn.msgpack] = encode(conn.msgpack)
-            self._offer(conn, frame)
+            if fault == "reorder":
+                conn.held = frame
+            else:
+                self._offer(conn, frame, copies=2 if fault == "duplicate" else 1)
 
-    def _offer(self, conn: _Connection, frame: Frame) -> None:
-        if conn.closing:
-            return
-        try:
-            conn.outbox.put_nowait(frame)
-        except asyncio.QueueFull:
-            self._drop_slow(conn)
-            return
-        self.counters.frames_queued += 1
+    def _offer(self, conn: _Connection, frame: Frame, copies: int = 1) -> None:
+        """Queue ``frame`` (``copies`` times), then the frame held back for reordering, if any."""
+        for _ in range(copies):
+            if conn.closing:
+                return
+            try:
+                conn.outbox.put_nowait(frame)
+            except asyncio.QueueFull:
+                self._drop_slow(conn)
+                return
+            self.counters.frames_queued += 1
+        held = conn.held
+        if held is not None:
+            conn.held = None
+            self._offer(conn, held)
 
     def _send(self, conn: _Connection, *messages: dict[str, Any]) -> None:
         self._offer(conn, encode_frame(list(messages), conn.msgpack))
@@ -352,7 +401,7 @@ class MarketDataHub:
         feed = request.match_info.get("feed", "")
         if feed not in FEEDS:
             raise web.HTTPNotFound(text=f"unknown feed {feed!r}")
-        ws = web.WebSocketResponse()
+        ws = web.WebSocketResponse(autoping=False)  # pings: answered in _read (a stall withholds them)
         if not ws.can_prepare(request).ok:
             raise web.HTTPBadRequest(text="websocket upgrade required")
         await ws.prepare(request)
@@ -400,6 +449,12 @@ class MarketDataHub:
                 self._on_client_frame(conn, msg.data, binary=False)
             elif msg.type is aiohttp.WSMsgType.BINARY:
                 self._on_client_frame(conn, msg.data, binary=True)
+            elif msg.type is aiohttp.WSMsgType.PING:
+                if conn.stalled_until_ns <= self._clock.time_ns():  # a stalled connection stays silent
+                    with contextlib.suppress(ConnectionError):
+                        await conn.ws.pong(msg.data)
+            elif msg.type is aiohttp.WSMsgType.PONG:
+                continue
             else:  # ERROR: a protocol violation or a lost transport
                 self._log.info("alpaca_md_client_error", feed=conn.feed, error=repr(conn.ws.exception()))
                 return
@@ -407,6 +462,8 @@ class MarketDataHub:
     async def _writer(self, conn: _Connection) -> None:
         while True:
             frame = await conn.outbox.get()
+            while conn.stalled_until_ns > self._clock.time_ns():
+                await self._clock.sleep_until(conn.stalled_until_ns)
             if frame is None:
                 await conn.ws.close()
                 return
@@ -503,6 +560,18 @@ class MarketDataHub:
         self._send(conn, echo)
         if conn.feed == "test":
             self._ensure_test_timer()
+
+    def stall(self, until_ns: int) -> int:
+        """Stall every open connection until ``until_ns`` (engine clock); returns how many."""
+        for conn in self._connections:
+            conn.stalled_until_ns = max(conn.stalled_until_ns, until_ns)
+        return len(self._connections)
+
+    async def disconnect_all(self) -> int:
+        """:meth:`close_all`, returning how many connections were dropped."""
+        dropped = len(self._connections)
+        await self.close_all()
+        return dropped
 
     async def close_all(self) -> None:
         """Drop every connection abruptly (no close frame), as a network failure would.

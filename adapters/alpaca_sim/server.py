@@ -105,6 +105,15 @@ def error_response(status: int, code: int, message: str, extra: dict[str, Any] |
     return json_response({**(extra or {}), "code": code, "message": message}, status)
 
 
+def fail_kind(status: int) -> str:
+    """The ``Faults.injected`` name of a ``fail_next`` answer: ``http_429``, ``http_5xx`` or ``http_error``."""
+    if status == 429:
+        return "http_429"
+    if 500 <= status <= 599:
+        return "http_5xx"
+    return "http_error"
+
+
 def _status_code(status: int) -> int:
     """Alpaca-style 8-digit code for a bare HTTP status (e.g. 503 → 50310000)."""
     return status * 100_000 + 10_000
@@ -175,6 +184,7 @@ async def post_order(request: web.Request) -> web.StreamResponse:
     faults = state.faults
     if faults.drop_submit_response_next > 0:
         faults.drop_submit_response_next -= 1
+        faults.count("submit_reply_lost")
         log.info("fault_drop_submit_response", order_id=order.id, client_order_id=order.client_order_id)
         transport = request.transport
         if transport is not None:
@@ -340,6 +350,7 @@ def build_app(
             faults = state.faults
             if faults.fail_next:
                 status = faults.fail_next.pop(0)
+                faults.count(fail_kind(status))
                 log.info("fault_fail_request", path=request.path, status=status)
                 message = _ERROR_TEXT.get(status, "injected failure")
                 return error_response(status, _status_code(status), message)
@@ -363,6 +374,7 @@ def build_app(
                     response = error_response(exc.status, exc.code, exc.message, exc.extra)
             response.headers.update(headers)
             if faults.delay_response_s > 0:
+                faults.count("response_delayed")
                 await state.clock.sleep(faults.delay_response_s)
             return response
 

@@ -57,13 +57,14 @@ order`` when some shares are held, else ``asset X is not shortable``).
 
 from __future__ import annotations
 
+import collections
 import functools
 import itertools
 import random
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import ROUND_FLOOR, Decimal
 from typing import Any, Final
 
 import msgspec
@@ -81,7 +82,7 @@ from adapters.alpaca_sim.matching import (
     stop_reached,
 )
 from adapters.alpaca_sim.sessions import MarketCalendar
-from engine.clock import Clock
+from engine.clock import NS_PER_S, Clock, TimerHandle
 
 FAKEPACA: Final = "FAKEPACA"
 ASSET_NAMESPACE: Final = uuid.UUID("6b1d3c52-8a0e-4a55-9d1e-6c0f1a9e7b21")
@@ -148,32 +149,111 @@ def forbidden(message: str, **extra: Any) -> VenueError:
 
 
 class Faults:
-    """Fault hooks for adapter and chaos tests. All off by default.
+    """Fault hooks for adapter and chaos tests. All off by default; off, they change nothing.
 
-    - ``drop_submit_response_next``: the next N ``POST /v2/orders`` are accepted and stored,
-      then the connection is dropped without a response (an ambiguous outcome).
-    - ``fail_next``: the next requests (one per entry) are answered with these HTTP
-      statuses (e.g. 429, 500, 503) and a JSON error body, without being processed.
-    - ``delay_response_s``: every REST response is held this long after the request was
-      processed (on the engine clock: under a SimClock it waits until the clock moves).
-    - ``reject_next``: the next N accepted orders are rejected asynchronously at
-      acknowledgement (status ``rejected``, event ``rejected``).
-    - ``hold_trade_updates``: while True, trade updates are queued instead of sent (as if
-      the client were disconnected); setting it back to False sends them in order, and
+    Every injected fault is counted in :attr:`injected` under its kind (in brackets
+    below), so a chaos run can report what it did; ``injected`` is a record and
+    :meth:`reset` keeps it.
+
+    REST (``server.py``):
+
+    - ``drop_submit_response_next`` [``submit_reply_lost``, per dropped reply]: the next N
+      ``POST /v2/orders`` are accepted and stored, then the connection is dropped without
+      a response (an ambiguous outcome).
+    - ``fail_next`` [``http_429`` for 429, ``http_5xx`` for 500-599, ``http_error`` for any
+      other status; per answer]: the next requests (one per entry) are answered with these
+      HTTP statuses (e.g. 429, 500, 503) and a JSON error body, without being processed.
+    - ``delay_response_s`` [``response_delayed``, per response]: every REST response is
+      held this long after the request was processed (on the engine clock: under a
+      SimClock it waits until the clock moves).
+
+    Orders (this module):
+
+    - ``reject_next`` [``order_rejected``]: the next N accepted orders are rejected
+      asynchronously at acknowledgement (status ``rejected``, event ``rejected``).
+    - ``late_fill_after_cancel_next`` [``late_fill_after_cancel``]: the next N cancels of a
+      *working* order (acknowledged, not already being cancelled, stop triggered, some
+      quantity not yet matched) whose side of the quote has a price get a fill that races
+      the cancel: REST answers 204 as usual, but the venue first executes half of the
+      unmatched quantity (rounded down to whole shares; all of it when that is 0) at the
+      current touch (the ask for a buy, the bid for a sell), or at the order's limit when
+      the touch is through it, and reports that fill (``partial_fill``, or ``fill`` when
+      it completes the order: then the cancel lost and no ``canceled`` follows) before
+      the ``canceled`` update, which carries the filled part. Position, cash, executions
+      and ``filled_qty`` are booked as for any fill (after the fill latency). Cancels of
+      orders that do not qualify leave the counter alone.
+
+    Trade updates (``/stream``). A venue update passes the hold, then duplicate/reorder,
+    then goes to every connection's queue (where a stall can keep it):
+
+    - ``hold_trade_updates`` [``trade_updates_held``, per switch from False to True]:
+      while True, trade updates are queued instead of sent (as if the client were
+      disconnected); setting it back to False sends them in order, and
       :meth:`discard_held_trade_updates` drops them instead (they were missed for good —
       the orders' state is still visible through REST).
-    - :meth:`disconnect_streams`: drops every ``/stream`` websocket abruptly.
+    - ``duplicate_trade_updates_next`` [``trade_update_duplicate``, per update]: the next
+      N updates are each sent twice, back to back (the same payload).
+    - ``reorder_trade_updates_next`` [``trade_update_reorder``, per held-back update]: the
+      next N pairs of consecutive updates are swapped: an update is held back and sent
+      right after the next one (which is not itself held back: pairs do not overlap). A
+      held-back update with no successor within ``reorder_max_hold_s`` (engine clock;
+      0 = wait for ever) is sent alone.
+    - :meth:`disconnect_streams` [``stream_drop``, per call]: drops every ``/stream``
+      websocket abruptly (market data is :meth:`disconnect_market_data`).
+
+    Market data (``/v2/{feed}``, ``market_data.py``), decided once per published quote or
+    trade frame (one message per frame) that has at least one subscriber, and applied to
+    every subscriber of that frame alike; a frame with no subscriber consumes nothing:
+
+    - ``md_drop_next`` [``md_drop``, per frame]: the next N frames are not sent (a gap).
+    - ``md_duplicate_next`` [``md_duplicate``, per frame]: the next N frames are sent twice.
+    - ``md_reorder_next`` [``md_reorder``, per held-back frame]: N times, a frame is held
+      back per connection and sent right after the next frame that connection gets (any
+      frame, control frames included). A frame is only held back when none of its
+      subscribers still holds one.
+    - :meth:`disconnect_market_data` [``md_stream_drop``, per call]: drops every
+      market-data websocket abruptly.
+
+    Both websockets:
+
+    - :meth:`stall_streams` [``stream_stall``, per call]: the connections open at the call
+      go half-open for ``seconds`` of engine clock: nothing is sent on them and their
+      pings are not answered. Trade updates wait in the connection's queue and follow in
+      order afterwards (none lost, unless the queue limit is reached: then the
+      connection is dropped as a slow client); market-data quote/trade frames for a
+      stalled connection are dropped (a gap), its control frames wait. Connections made
+      during the stall are served normally; :meth:`reset` does not end a stall.
+
+    Whole server: ``RunningSimulator.restart_server`` (``cli.py``) [``server_restart``].
     """
 
-    def __init__(self, deliver: Callable[[wire.TradeUpdate], None]) -> None:
+    def __init__(self, deliver: Callable[[wire.TradeUpdate], None], clock: Clock | None = None) -> None:
         self.drop_submit_response_next = 0
         self.fail_next: list[int] = []
         self.delay_response_s = 0.0
         self.reject_next = 0
+        self.late_fill_after_cancel_next = 0
+        self.duplicate_trade_updates_next = 0
+        self.reorder_trade_updates_next = 0
+        self.reorder_max_hold_s = 1.0
+        self.md_duplicate_next = 0
+        self.md_drop_next = 0
+        self.md_reorder_next = 0
+        self.injected: collections.Counter[str] = collections.Counter()
+        """Faults injected so far, per kind (see the class docstring for the names)."""
+        self._clock = clock
         self._hold = False
         self._held: list[wire.TradeUpdate] = []
+        self._reordered: wire.TradeUpdate | None = None
+        self._reorder_timer: TimerHandle | None = None
         self._deliver = deliver
         self._disconnectors: list[Callable[[], int]] = []
+        self._md_disconnectors: list[Callable[[], Awaitable[int]]] = []
+        self._stall_targets: list[Callable[[int], int]] = []
+
+    def count(self, kind: str, n: int = 1) -> None:
+        """Record ``n`` injected faults of ``kind``."""
+        self.injected[kind] += n
 
     @property
     def hold_trade_updates(self) -> bool:
@@ -181,17 +261,65 @@ class Faults:
 
     @hold_trade_updates.setter
     def hold_trade_updates(self, value: bool) -> None:
+        if value and not self._hold:
+            self.count("trade_updates_held")
         self._hold = value
         if not value:
             held, self._held = self._held, []
             for update in held:
-                self._deliver(update)
+                self._send(update)
 
     def intercept(self, update: wire.TradeUpdate) -> bool:
-        """Queue ``update`` if trade updates are held; True if it was."""
+        """Take over the delivery of ``update`` when a trade-update fault applies; True if taken.
+
+        Held updates are queued; duplicated or reordered ones are delivered from here.
+        """
         if self._hold:
             self._held.append(update)
-        return self._hold
+            return True
+        if self._reordered is None and self.duplicate_trade_updates_next <= 0 and self.reorder_trade_updates_next <= 0:
+            return False
+        self._send(update)
+        return True
+
+    def _send(self, update: wire.TradeUpdate) -> None:
+        """Deliver ``update`` through the duplicate/reorder faults."""
+        held = self._reordered
+        if held is not None:  # the pair's second update goes first, then the held-back one
+            self._reordered = None
+            if self._reorder_timer is not None:
+                self._reorder_timer.cancel()
+                self._reorder_timer = None
+            self._pass(update)
+            self._deliver(held)
+        elif self.duplicate_trade_updates_next > 0:
+            self._pass(update)
+        elif self.reorder_trade_updates_next > 0:
+            self.reorder_trade_updates_next -= 1
+            self.count("trade_update_reorder")
+            self._reordered = update
+            if self._clock is not None and self.reorder_max_hold_s > 0:
+                self._reorder_timer = self._clock.call_later(self.reorder_max_hold_s, self._release_reordered)
+        else:
+            self._deliver(update)
+
+    def _pass(self, update: wire.TradeUpdate) -> None:
+        self._deliver(update)
+        if self.duplicate_trade_updates_next > 0:
+            self.duplicate_trade_updates_next -= 1
+            self.count("trade_update_duplicate")
+            self._deliver(update)
+
+    def _release_reordered(self) -> None:
+        """No successor came in time: the held-back update goes alone (behind a hold, if any)."""
+        self._reorder_timer = None
+        held, self._reordered = self._reordered, None
+        if held is None:
+            return
+        if self._hold:
+            self._held.insert(0, held)
+        else:
+            self._deliver(held)
 
     @property
     def held_trade_updates(self) -> int:
@@ -207,17 +335,72 @@ class Faults:
         """Register what :meth:`disconnect_streams` calls (the trade-stream hub does)."""
         self._disconnectors.append(disconnect)
 
+    def add_market_data_disconnector(self, disconnect: Callable[[], Awaitable[int]]) -> None:
+        """Register what :meth:`disconnect_market_data` calls (the market-data hub does)."""
+        self._md_disconnectors.append(disconnect)
+
+    def add_stall_target(self, stall: Callable[[int], int]) -> None:
+        """Register what :meth:`stall_streams` calls with the stall's end (epoch ns); it
+        returns how many connections it stalled (both websocket hubs register)."""
+        self._stall_targets.append(stall)
+
     async def disconnect_streams(self) -> int:
         """Abort every trade-updates websocket without a close handshake; returns how many."""
+        self.count("stream_drop")
         return sum(disconnect() for disconnect in self._disconnectors)
 
+    async def disconnect_market_data(self) -> int:
+        """Abort every market-data websocket without a close handshake; returns how many."""
+        self.count("md_stream_drop")
+        dropped = 0
+        for disconnect in self._md_disconnectors:
+            dropped += await disconnect()
+        return dropped
+
+    def stall_streams(self, seconds: float) -> int:
+        """Stall the open trade-update and market-data websockets for ``seconds`` (engine
+        clock); returns how many connections were stalled. See the class docstring."""
+        if self._clock is None:
+            raise RuntimeError("stall_streams needs the faults' clock")
+        if not seconds > 0:
+            return 0
+        self.count("stream_stall")
+        until_ns = self._clock.time_ns() + round(seconds * NS_PER_S)
+        return sum(stall(until_ns) for stall in self._stall_targets)
+
+    def next_md_fault(self, can_reorder: bool) -> str | None:
+        """The fault for the next market-data frame, consumed and counted: ``"drop"``,
+        ``"duplicate"``, ``"reorder"`` (only when ``can_reorder``) or None."""
+        if self.md_drop_next > 0:
+            self.md_drop_next -= 1
+            self.count("md_drop")
+            return "drop"
+        if self.md_duplicate_next > 0:
+            self.md_duplicate_next -= 1
+            self.count("md_duplicate")
+            return "duplicate"
+        if self.md_reorder_next > 0 and can_reorder:
+            self.md_reorder_next -= 1
+            self.count("md_reorder")
+            return "reorder"
+        return None
+
     def reset(self) -> None:
-        """Every fault off (held trade updates are delivered)."""
+        """Every fault off (held and held-back trade updates are delivered; a stall runs on)."""
         self.drop_submit_response_next = 0
         self.fail_next.clear()
         self.delay_response_s = 0.0
         self.reject_next = 0
+        self.late_fill_after_cancel_next = 0
+        self.duplicate_trade_updates_next = 0
+        self.reorder_trade_updates_next = 0
+        self.md_duplicate_next = 0
+        self.md_drop_next = 0
+        self.md_reorder_next = 0
         self.hold_trade_updates = False
+        if self._reorder_timer is not None:
+            self._reorder_timer.cancel()
+        self._release_reordered()
 
 
 @dataclass
@@ -282,7 +465,7 @@ class VenueState:
         self.settings = settings
         self.clock = clock
         self.rng = random.Random(seed)
-        self.faults = Faults(self._deliver)
+        self.faults = Faults(self._deliver, clock)
         self.calendar = MarketCalendar(settings.holidays)
         self.session_open: bool | None = None
         """Set by the feed player while it replays (overrides the calendar for ``/v2/clock``)."""
@@ -746,6 +929,7 @@ class VenueState:
         reject = self.faults.reject_next > 0
         if reject:
             self.faults.reject_next -= 1
+            self.faults.count("order_rejected")
         if self.settings.emit_pending_events:
             self._emit("pending_new", order)
         self._schedule(self._draw(self.settings.ack_latency_s), functools.partial(self._ack, order, reject))
@@ -882,6 +1066,10 @@ class VenueState:
             raise unprocessable(f"order is not cancelable (status {order.status})")
         if order.cancel_requested_at is not None or order.pending_final is not None:
             return  # already on its way
+        if self.faults.late_fill_after_cancel_next > 0:
+            self._late_fill(order)
+            if order.remaining == 0:
+                return  # the late fill completed the order: the cancel lost the race
         now = self.clock.time_ns()
         order.cancel_requested_at = now
         delay = self._draw(self.settings.ack_latency_s)
@@ -891,6 +1079,32 @@ class VenueState:
             if self.settings.emit_pending_events:
                 self._emit("pending_cancel", order)
         self._schedule(delay, functools.partial(self._land_cancel, order))
+
+    def _late_fill(self, order: SimOrder) -> None:
+        """Fault ``late_fill_after_cancel_next``: a fill that races the cancel of ``order``.
+
+        Half the unmatched quantity (whole shares; all of it when that rounds to 0) trades
+        at the touch, or at the limit when the touch is through it; it is reported after
+        the fill latency like any execution, so it lands before the ``canceled`` update.
+        """
+        if not order.live or order.open_qty <= 0 or (order.stop_price is not None and not order.triggered):
+            return
+        touch, _ = self.books[order.symbol].touch(order.side)
+        if touch is None:
+            return
+        limit = order.working_limit
+        price = touch
+        if limit is not None and (touch > limit if order.side == "buy" else touch < limit):
+            price = limit
+        qty = (order.open_qty / 2).to_integral_value(rounding=ROUND_FLOOR)
+        if qty <= 0:
+            qty = order.open_qty
+        self.faults.late_fill_after_cancel_next -= 1
+        self.faults.count("late_fill_after_cancel")
+        order.in_flight += qty
+        self._schedule(
+            self._draw(self.settings.fill_latency_s), functools.partial(self._report_fill, order, qty, price)
+        )
 
     def _land_cancel(self, order: SimOrder) -> None:
         if order.is_terminal or order.pending_final is not None:

@@ -16,11 +16,18 @@ Protocol (``shared/protocols/alpaca.md`` §2):
 
 A slow or dead client never blocks the venue: each connection has a bounded send queue
 drained by its own writer task; when the queue is full the connection is aborted.
+
+Fault hooks (``Faults`` in ``state.py``): :meth:`TradeStreamHub.disconnect_all` backs
+``disconnect_streams``; :meth:`TradeStreamHub.stall` backs ``stall_streams``: a stalled
+connection's writer waits (its updates stay queued, in order) and its pings go
+unanswered until the stall ends (engine clock). Pings are answered by the handler, not by
+aiohttp's autoping, so that a stall can withhold them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -29,6 +36,7 @@ from aiohttp import WSMsgType, web
 
 from adapters.alpaca import wire
 from adapters.alpaca_sim.state import VenueState
+from engine.clock import Clock
 from engine.logs import get_logger
 
 TRADE_UPDATES: Final = "trade_updates"
@@ -51,6 +59,8 @@ class _Connection:
         self.streams: list[str] = []
         self.dropped = False
         self.writer: asyncio.Task[None] | None = None
+        self.stalled_until_ns = 0
+        """A stall fault: nothing is sent and pings go unanswered until then (epoch ns)."""
 
     def offer(self, frame: bytes) -> None:
         """Queue ``frame``; abort the connection if its queue is full (a slow or dead client)."""
@@ -68,9 +78,11 @@ class _Connection:
         if transport is not None:
             transport.abort()
 
-    async def write_loop(self) -> None:
+    async def write_loop(self, clock: Clock) -> None:
         while True:
             frame = await self.queue.get()
+            while self.stalled_until_ns > clock.time_ns():
+                await clock.sleep_until(self.stalled_until_ns)
             if self.ws.closed:
                 return
             try:
@@ -94,6 +106,7 @@ class TradeStreamHub:
         self.sent = 0
         self._unsubscribe = state.subscribe(self._on_update)
         state.faults.add_stream_disconnector(self.disconnect_all)
+        state.faults.add_stall_target(self.stall)
 
     def _on_update(self, update: wire.TradeUpdate) -> None:
         if not self.connections:
@@ -112,6 +125,12 @@ class TradeStreamHub:
             dropped += 1
         return dropped
 
+    def stall(self, until_ns: int) -> int:
+        """Stall every open connection until ``until_ns`` (engine clock); returns how many."""
+        for conn in self.connections:
+            conn.stalled_until_ns = max(conn.stalled_until_ns, until_ns)
+        return len(self.connections)
+
     async def close_all(self) -> None:
         """Close every connection politely (server shutdown)."""
         closing = [conn.ws.close(code=1001, message=b"server shutdown") for conn in self.connections]
@@ -122,10 +141,11 @@ class TradeStreamHub:
         self._unsubscribe()
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(autoping=True, timeout=1.0)
+        ws = web.WebSocketResponse(autoping=False, timeout=1.0)  # pings: answered below
         await ws.prepare(request)
         conn = _Connection(request, ws, self.queue_limit)
-        conn.writer = asyncio.create_task(conn.write_loop(), name="alpaca-sim-stream-writer")
+        clock = self.state.clock
+        conn.writer = asyncio.create_task(conn.write_loop(clock), name="alpaca-sim-stream-writer")
         self.connections.add(conn)
         log.info("stream_connected", remote=request.remote)
         try:
@@ -134,6 +154,10 @@ class TradeStreamHub:
                     self._on_frame(conn, msg.data.encode())
                 elif msg.type == WSMsgType.BINARY:
                     self._on_frame(conn, msg.data)
+                elif msg.type == WSMsgType.PING:
+                    if conn.stalled_until_ns <= clock.time_ns():  # a stalled connection stays silent
+                        with contextlib.suppress(ConnectionError):
+                            await ws.pong(msg.data)
                 elif msg.type == WSMsgType.ERROR:
                     log.info("stream_error", remote=request.remote, error=str(ws.exception()))
         finally:
