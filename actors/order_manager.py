@@ -614,10 +614,11 @@ class OrderManagerActor(Actor):
             self.ctx.log.warning("recovery_books_differ", attempt=attempt, mismatches=mismatches)
         if mismatches:
             state, reason = TradingState.HALTED, "journal and venue disagree: " + "; ".join(mismatches)
-        elif book.trading_state is TradingState.HALTED:
-            state, reason = TradingState.HALTED, f"kill switch still on: {book.trading_reason}"
-        elif book.trading_state is TradingState.REDUCING:
-            state, reason = TradingState.REDUCING, f"still reducing: {book.trading_reason}"
+        elif book.trading_state in (TradingState.HALTED, TradingState.REDUCING):
+            # The kill switch (or a reduce-only state) survives the restart as journaled:
+            # same state, same reason, nothing journaled again (a restart is not a cause).
+            state, reason = book.trading_state, book.trading_reason
+            self.ctx.log.warning("trading_state_kept", state=state.value, reason=reason)
         else:
             state, reason = TradingState.ACTIVE, "recovered: journal and venue agree"
         if state is not book.trading_state or reason != book.trading_reason:

@@ -656,8 +656,9 @@ async def run_live_session(config: Config, options: SessionOptions, credentials:
         clock,
         rng,
     )
-    # A session that runs until signalled listens from before anything starts (see _StopSignals).
-    stop = _StopSignals() if simulator is None or simulator.player is None else None
+    # Every session listens for SIGINT/SIGTERM from before anything starts (see _StopSignals):
+    # one that plays the embedded recording ends at its end or at the signal, whichever is first.
+    stop = _StopSignals()
     log.info(
         "live_session_starting",
         venue=venue_url,
@@ -675,12 +676,17 @@ async def run_live_session(config: Config, options: SessionOptions, credentials:
         if config.control.enabled:
             control = await start_control(config, bus, clock)
         report = await recover(bus, root_task, options.recovery_timeout_s)
-        if stop is None:
-            assert simulator is not None and simulator.player is not None
-            await _first_of(asyncio.ensure_future(simulator.player.done.wait()), root_task)
-            await _drain(bus, options.drain_timeout_s, root_task)
+        signalled = asyncio.ensure_future(stop.requested.wait())
+        if simulator is not None and simulator.player is not None:
+            played = asyncio.ensure_future(simulator.player.done.wait())
+            await _first_of(asyncio.ensure_future(asyncio.wait([played, signalled], return_when=asyncio.FIRST_COMPLETED)),
+                            root_task)
+            for waiter in (played, signalled):
+                waiter.cancel()
+            if not stop.requested.is_set():
+                await _drain(bus, options.drain_timeout_s, root_task)
         else:
-            await _first_of(asyncio.ensure_future(stop.requested.wait()), root_task)
+            await _first_of(signalled, root_task)
         if root_task.done():
             await root_task  # raises why the engine stopped
         wall_s = (perf_ns() - started) / NS_PER_S
@@ -691,8 +697,7 @@ async def run_live_session(config: Config, options: SessionOptions, credentials:
             bus, root, config, strategy_name, files, result, wall_s, config.engine.mode, report=report, journal=journal
         )
     finally:
-        if stop is not None:
-            stop.remove()
+        stop.remove()
         if control is not None:
             await stop_control(control, config)
         root_task.cancel()

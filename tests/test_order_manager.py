@@ -421,7 +421,8 @@ async def test_a_book_that_disagrees_with_the_venue_halts_and_the_halt_survives(
         report = await node.recover()
         # The books agree now, but a halt is a kill switch: it stays on until someone lifts it.
         assert report.state is TradingState.HALTED
-        assert "kill switch" in report.reason
+        assert report.reason == "journal and venue disagree: XYZ position: journal 10, venue 7"  # as journaled
+        assert node.watcher.states[-1].reason == report.reason
 
 
 async def test_restart_reads_the_snapshot_and_only_the_events_after_it(journal_path: Path) -> None:
