@@ -21,7 +21,6 @@ import contextlib
 import os
 import selectors
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -37,6 +36,7 @@ from typing import Any
 
 import orjson
 
+from simulations.journal_probe import journal_int, journal_max_seq, traded_since
 from simulations.lean_feed import chaos_session
 
 KEY_ID = "PKCRASHTEST00001"
@@ -345,33 +345,12 @@ class Engine:
 # ---------------------------------------------------------------- the journal
 
 
-def _query(path: Path, sql: str, *args: object) -> int:
-    """One integer from the journal, read-only (for polling while an engine writes)."""
-    if not path.exists():
-        return 0
-    try:
-        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5)) as db:
-            return int(db.execute(sql, args).fetchone()[0] or 0)
-    except sqlite3.OperationalError:
-        return 0  # created but no schema yet
-
-
 def journal_count(path: Path, kind: str = "OrderSubmitting") -> int:
-    return _query(path, "SELECT count(*) FROM events WHERE kind = ?", kind)
-
-
-def journal_max_seq(path: Path) -> int:
-    return _query(path, "SELECT max(seq) FROM events")
+    return journal_int(path, "SELECT count(*) FROM events WHERE kind = ?", kind)
 
 
 def journal_traded_since(path: Path, after_seq: int) -> int:
-    """Orders journaled after ``after_seq`` that have a fill journaled: they reached the venue and traded."""
-    return _query(
-        path,
-        "SELECT count(DISTINCT client_order_id) FROM events WHERE kind = 'Fill' AND seq > ?1 AND client_order_id IN "
-        "(SELECT client_order_id FROM events WHERE kind = 'OrderSubmitting' AND seq > ?1)",
-        after_seq,
-    )
+    return traded_since(path, after_seq)
 
 
 def journal_cli(action: str, path: Path) -> Any:

@@ -46,13 +46,13 @@ from pathlib import Path
 import pytest
 
 from engine.messages import OrderStatus
+from simulations.journal_probe import journal_max_seq
 from tests.crash_harness import (
     Session,
     Transcript,
     check_invariants,
     journal_cli,
     journal_count,
-    journal_max_seq,
     kill_all_sessions,
     session,
     write_config,

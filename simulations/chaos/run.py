@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import sqlite3
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from adapters.alpaca_sim.cli import RunningSimulator, SimulatorConfig, start_sim
 from engine.clock import LiveClock
 from simulations.chaos.invariants import Violation, check_books, read_journal
 from simulations.chaos.schedule import Fault, FaultKind, Schedule, draw_schedule
+from simulations.journal_probe import journal_max_seq, traded_since
 from simulations.lean_feed import chaos_session
 
 __all__ = ["RunResult", "run_one"]
@@ -151,26 +151,6 @@ class EngineProcess:
         except TimeoutError:
             await self.kill()
             return -signal.SIGKILL
-
-
-def _journal_int(path: Path, sql: str, *args: object) -> int:
-    if not path.exists():
-        return 0
-    try:
-        uri = f"{path.resolve().as_uri()}?mode=ro"
-        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=5)) as db:
-            return int(db.execute(sql, args).fetchone()[0] or 0)
-    except sqlite3.OperationalError:
-        return 0  # created but no schema yet
-
-
-def _traded_since(path: Path, after_seq: int) -> int:
-    return _journal_int(
-        path,
-        "SELECT count(DISTINCT client_order_id) FROM events WHERE kind = 'Fill' AND seq > ?1 AND client_order_id IN "
-        "(SELECT client_order_id FROM events WHERE kind = 'OrderSubmitting' AND seq > ?1)",
-        after_seq,
-    )
 
 
 class ChaosRun:
@@ -335,11 +315,11 @@ class ChaosRun:
         """Faults have stopped: a clean engine must recover, reconcile and trade again."""
         loop = asyncio.get_running_loop()
         started = loop.time()
-        after = _journal_int(self.journal, "SELECT max(seq) FROM events")
+        after = journal_max_seq(self.journal)
         engine = await self.start_engine(self.trade_config)
         resumed = False
         deadline = started + self.converge_timeout_s
-        while _traded_since(self.journal, after) < 1:
+        while traded_since(self.journal, after) < 1:
             if not engine.running:
                 self.violation("converged", f"the engine died while converging: {engine.describe()}")
                 return
