@@ -679,8 +679,8 @@ async def run_live_session(config: Config, options: SessionOptions, credentials:
         signalled = asyncio.ensure_future(stop.requested.wait())
         if simulator is not None and simulator.player is not None:
             played = asyncio.ensure_future(simulator.player.done.wait())
-            await _first_of(asyncio.ensure_future(asyncio.wait([played, signalled], return_when=asyncio.FIRST_COMPLETED)),
-                            root_task)
+            either = asyncio.ensure_future(asyncio.wait([played, signalled], return_when=asyncio.FIRST_COMPLETED))
+            await _first_of(either, root_task)
             for waiter in (played, signalled):
                 waiter.cancel()
             if not stop.requested.is_set():
