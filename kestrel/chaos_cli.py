@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,7 @@ def add_chaos_command(commands: Any) -> None:
     chaos.add_argument("--json", action="store_true", help="print the campaign report as one JSON object")
 
 
-def cmd_chaos(args: argparse.Namespace, new_loop: Any) -> int:
+def cmd_chaos(args: argparse.Namespace, new_loop: Callable[[], asyncio.AbstractEventLoop]) -> int:
     root = args.workdir or Path(tempfile.mkdtemp(prefix="kestrel-chaos-"))
     root.mkdir(parents=True, exist_ok=True)
 

@@ -36,6 +36,7 @@ from typing import Any
 
 import orjson
 
+from simulations.engine_config import write_engine_config
 from simulations.journal_probe import journal_int, journal_max_seq, traded_since
 from simulations.lean_feed import chaos_session
 
@@ -209,29 +210,8 @@ class Simulator:
 
 
 def write_config(path: Path, *, qty: int = 500, snapshot_every: int = 10_000, trade: bool = True) -> Path:
-    """An engine config for the crash tests.
-
-    EMA 2/4 trades about once a second; 500 shares is more than about half the quotes show
-    (100-900), so many orders fill in several partial fills.
-    ``trade=False``: risk refuses every intent (max order size 1), for an audit run.
-    """
-    path.write_text(
-        f"""
-[engine]
-run_id = "{RUN_ID}"
-[log]
-level = "info"
-[strategy.params]
-fast = 2
-slow = 4
-qty = {qty}
-[risk]
-max_order_qty = {qty if trade else 1}
-[journal]
-snapshot_every = {snapshot_every}
-"""
-    )
-    return path
+    """An engine config for the crash tests (:func:`simulations.engine_config.write_engine_config`)."""
+    return write_engine_config(path, run_id=RUN_ID, qty=qty, snapshot_every=snapshot_every, trade=trade)
 
 
 class Engine:

@@ -50,7 +50,8 @@ __all__ = ["CASH_TOLERANCE", "JournalFacts", "Violation", "check_books", "read_j
 
 CASH_TOLERANCE: Final = Decimal("0.01")
 
-_FINAL_VENUE = {"filled": "filled", "canceled": "canceled", "expired": "expired", "rejected": "rejected"}
+_FINAL_STATUSES: Final = frozenset({"filled", "canceled", "expired", "rejected"})
+"""Venue statuses the journal must show too once the venue is done with an order."""
 
 
 class Violation(msgspec.Struct, frozen=True):
@@ -137,10 +138,11 @@ def check_books(facts: JournalFacts, venue: VenueState, prefix: str, max_order_q
                     f"{mine.filled_qty} ({mine.status.value}), Σ journal fills {journal_filled[order.client_order_id]}",
                 )
             )
-        final = _FINAL_VENUE.get(order.status)
-        if final is not None and mine.status.value != final:
+        if order.status in _FINAL_STATUSES and mine.status.value != order.status:
             found.append(
-                Violation("fills_recorded_once", f"{order.client_order_id}: venue {final}, journal {mine.status.value}")
+                Violation(
+                    "fills_recorded_once", f"{order.client_order_id}: venue {order.status}, journal {mine.status.value}"
+                )
             )
 
     # books_agree

@@ -40,6 +40,7 @@ from adapters.alpaca_sim.cli import RunningSimulator, SimulatorConfig, start_sim
 from engine.clock import LiveClock
 from simulations.chaos.invariants import Violation, check_books, read_journal
 from simulations.chaos.schedule import Fault, FaultKind, Schedule, draw_schedule
+from simulations.engine_config import write_engine_config
 from simulations.journal_probe import journal_max_seq, traded_since
 from simulations.lean_feed import chaos_session
 
@@ -75,32 +76,14 @@ class RunResult:
         return f"kestrel chaos --seed {self.seed} --scenario {self.scenario} --runs 1"
 
 
-def _config(path: Path, workdir: Path, *, trade: bool) -> Path:
-    path.write_text(
-        f"""
-[engine]
-run_id = "{RUN_ID}"
-[log]
-level = "info"
-[strategy.params]
-fast = 2
-slow = 4
-qty = {QTY}
-[risk]
-max_order_qty = {QTY if trade else 1}
-[control]
-file = "{workdir / "control.json"}"
-"""
-    )
-    return path
-
-
 class EngineProcess:
     """One ``kestrel run`` child; its JSON log is read back for what it did."""
 
     def __init__(self, name: str, proc: asyncio.subprocess.Process, log: Path, stderr: Path, armed: bool) -> None:
         self.name, self.proc, self.log, self.stderr, self.armed = name, proc, log, stderr, armed
         self.killed_by_us = False
+        self._events: list[dict[str, Any]] = []
+        self._read_to = 0
 
     @classmethod
     async def start(
@@ -122,13 +105,23 @@ class EngineProcess:
         return self.proc.returncode is None
 
     def events(self) -> list[dict[str, Any]]:
-        if not self.log.exists():
-            return []
-        found = []
-        for line in self.log.read_bytes().splitlines():
-            with contextlib.suppress(orjson.JSONDecodeError):  # a line cut short by SIGKILL
-                found.append(orjson.loads(line))
-        return found
+        """Every log event so far. Only the bytes written since the last call are read and
+        parsed, up to the last complete line (the engine may be mid-line)."""
+        if self.log.exists():
+            with self.log.open("rb") as file:
+                file.seek(self._read_to)
+                chunk = file.read()
+            complete = chunk.rfind(b"\n") + 1
+            self._read_to += complete
+            for line in chunk[:complete].splitlines():
+                with contextlib.suppress(orjson.JSONDecodeError):  # a line cut short by SIGKILL
+                    self._events.append(orjson.loads(line))
+        return self._events
+
+    async def has_event(self, name: str) -> bool:
+        """Whether the log has an event called ``name`` (read in a worker thread, off the loop)."""
+        events = await asyncio.to_thread(self.events)
+        return any(e.get("event") == name for e in events)
 
     def describe(self) -> str:
         tail = [e.get("event") for e in self.events()[-12:]]
@@ -162,8 +155,8 @@ class ChaosRun:
         self.result = RunResult(schedule.seed, schedule.scenario, [f.describe() for f in schedule.faults])
         self.engines: list[EngineProcess] = []
         self.sim: RunningSimulator | None = None
-        self.trade_config = _config(workdir / "trade.toml", workdir, trade=True)
-        self.audit_config = _config(workdir / "audit.toml", workdir, trade=False)
+        self.trade_config = write_engine_config(workdir / "trade.toml", run_id=RUN_ID, qty=QTY)
+        self.audit_config = write_engine_config(workdir / "audit.toml", run_id=RUN_ID, qty=QTY, trade=False)
         self._restore: list[asyncio.TimerHandle] = []
 
     def violation(self, invariant: str, detail: str) -> None:
@@ -196,7 +189,7 @@ class ChaosRun:
             await self.sim.stop()
         self.result.faults_injected.update(self.sim.faults.injected)
         for engine in self.engines:
-            for event in engine.events():
+            for event in await asyncio.to_thread(engine.events):
                 name = event.get("event")
                 if name == "fault_injected":
                     self.result.faults_injected[str(event.get("kind"))] += 1
@@ -312,14 +305,17 @@ class ChaosRun:
         self.sim.faults.reset()
 
     async def _converge(self) -> None:
-        """Faults have stopped: a clean engine must recover, reconcile and trade again."""
+        """Faults have stopped: a clean engine must recover, reconcile and trade again.
+
+        (A halt an injected journal failure causes is not journaled, since the journal is
+        what failed, so recovery does not keep it: the clean engine trades without an operator.)
+        """
         loop = asyncio.get_running_loop()
         started = loop.time()
-        after = journal_max_seq(self.journal)
+        after = await asyncio.to_thread(journal_max_seq, self.journal)
         engine = await self.start_engine(self.trade_config)
-        resumed = False
         deadline = started + self.converge_timeout_s
-        while traded_since(self.journal, after) < 1:
+        while await asyncio.to_thread(traded_since, self.journal, after) < 1:
             if not engine.running:
                 self.violation("converged", f"the engine died while converging: {engine.describe()}")
                 return
@@ -328,29 +324,11 @@ class ChaosRun:
                                f"{engine.describe()}")
                 await engine.terminate()
                 return
-            if not resumed:
-                resumed = await self._resume_if_journal_halt(engine)
             await _CLOCK.sleep(0.1)
         self.result.converged_s = round(loop.time() - started, 2)
         code = await engine.terminate()
         if code != 0:
             self.violation("restarts_within_budget", f"SIGTERM after converging: {engine.describe()}")
-
-    async def _resume_if_journal_halt(self, engine: EngineProcess) -> bool:
-        """Recovery keeps a halt (a kill switch survives restarts); a journal failure's halt
-        is lifted the operator's way: ``kestrel resume`` through the control channel."""
-        finished = [e for e in engine.events() if e.get("event") == "recovery_finished"]
-        if not finished or finished[-1].get("state") != "halted":
-            return False
-        reason = str(finished[-1].get("reason", ""))
-        if not any(word in reason for word in ("journal", "disk", "I/O")):
-            return False
-        resume = await asyncio.create_subprocess_exec(
-            *CLI, "resume", "--reason", "chaos: journal fault cleared", "--operator", "chaos",
-            "--control", str(self.workdir / "control.json"),
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-        )
-        return await resume.wait() == 0
 
     async def _audit(self) -> None:
         """Let the venue finish our orders, then let a non-trading engine recover what it did."""
@@ -364,7 +342,7 @@ class ChaosRun:
             await _CLOCK.sleep(0.1)
         engine = await self.start_engine(self.audit_config)
         deadline = loop.time() + 30.0
-        while not any(e.get("event") == "recovery_finished" for e in engine.events()):
+        while not await engine.has_event("recovery_finished"):
             if not engine.running or loop.time() > deadline:
                 self.violation("converged", f"the audit engine did not recover: {engine.describe()}")
                 await engine.kill()

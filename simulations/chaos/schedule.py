@@ -180,6 +180,7 @@ def draw_schedule(seed: int, scenario: str, duration_s: float) -> Schedule:
             clock_armed = True
         at = round(rng.uniform(1.0, max(1.5, duration_s - 1.0)), 2)
         amount, point = _amount(kind, rng)
-        faults.append(Fault(0.0 if kind in (FaultKind.CRASH_POINT, FaultKind.DISK_FULL,
-                                             FaultKind.JOURNAL_IO_ERROR) else at, kind, amount, point))
+        # Armed at start, these have no time of their own (a clock jump's is its delay).
+        timeless = kind in ENGINE_ENV_KINDS and kind is not FaultKind.CLOCK_JUMP
+        faults.append(Fault(0.0 if timeless else at, kind, amount, point))
     return Schedule(seed, scenario, duration_s, tuple(sorted(faults, key=lambda f: (f.at_s, f.kind.value))))
