@@ -61,6 +61,9 @@ class DataSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Recording files; empty means the bundled sample day."""
     symbol: str | None = None
     """Symbol of lean-ticks files (their rows do not name it); default: the parent folder's name."""
+    symbols: list[str] = msgspec.field(default_factory=list)
+    """Live and paper sessions against a venue: the symbols to subscribe to; empty means the
+    symbols of ``files`` (the recording the embedded simulator replays)."""
 
 
 class StrategySection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -31,6 +31,7 @@ from engine.secrets import scrub
 from kestrel import journal_cli
 from kestrel.chaos_cli import add_chaos_command, cmd_chaos
 from kestrel.control_cli import add_control_commands, run_control_command
+from kestrel.load_cli import add_load_command, cmd_load
 from kestrel.node import RecordPlan, SessionOptions, SessionSummary, run_live_session, run_recorder, run_replay_session
 
 EXIT_USER_ERROR: Final = 2
@@ -127,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     journal_cli.add_parser(commands)
     add_control_commands(commands)
     add_chaos_command(commands)
+    add_load_command(commands)
 
     check = commands.add_parser("check-config", help="validate a config file and print the effective config")
     check.add_argument("file", type=Path)
@@ -308,6 +310,11 @@ def _cmd_chaos(args: argparse.Namespace) -> int:
     return cmd_chaos(args, _new_loop)
 
 
+def _cmd_load(args: argparse.Namespace) -> int:
+    configure_logging(None, "warning", console_for_stderr())
+    return cmd_load(args, _new_loop)
+
+
 def _cmd_journal(args: argparse.Namespace) -> int:
     configure_logging(None, "warning", console_for_stderr())
     return journal_cli.cmd_journal(args)
@@ -330,6 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "resume": run_control_command,
         "flatten": run_control_command,
         "chaos": _cmd_chaos,
+        "load": _cmd_load,
     }
     log = get_logger(actor="cli")
     try:

@@ -63,6 +63,7 @@ from engine.config import Config, Credentials
 from engine.errors import ConfigError, UserError
 from engine.journal import Durability, Journal
 from engine.logs import get_logger, set_log_clock
+from engine.loop_lag import LoopLag, LoopLagMonitor
 from engine.mailbox import Policy, conflate_by
 from engine.messages import (
     ActorStats,
@@ -145,6 +146,8 @@ class SessionSummary(msgspec.Struct, kw_only=True):
     risk: RiskReport | None = None
     """Risk's figures at the end: exposure, leverage, concentration, daily P&L, drawdown,
     historical VaR / expected shortfall (95 %), working orders, paused strategies."""
+    loop_lag: LoopLag | None = None
+    """Live sessions: how late the event loop woke a 50 ms sleeper (max, histogram): its worst stall."""
 
 
 @dataclass(frozen=True)
@@ -614,7 +617,7 @@ async def run_live_session(config: Config, options: SessionOptions, credentials:
     strategy_name = options.strategy or config.strategy.name
     build_strategy = strategy_factory(config, strategy_name)
     files = data_files(config)
-    symbols = sorted({symbol_for(f, config.data.symbol) for f in files})
+    symbols = sorted(config.data.symbols) or sorted({symbol_for(f, config.data.symbol) for f in files})
     clock = LiveClock()
     rng = random.Random(config.engine.seed)
     bus = Bus()
@@ -668,6 +671,8 @@ async def run_live_session(config: Config, options: SessionOptions, credentials:
     )
     started = perf_ns()
     root_task = asyncio.create_task(root.run(), name="root-supervisor")
+    lag = LoopLagMonitor(clock)
+    lag_task = asyncio.create_task(lag.run(), name="loop-lag")
     control: ControlServer | None = None
     try:
         await _first_of(asyncio.ensure_future(root.started()), root_task)
@@ -696,7 +701,9 @@ async def run_live_session(config: Config, options: SessionOptions, credentials:
         summary = await _summarise(
             bus, root, config, strategy_name, files, result, wall_s, config.engine.mode, report=report, journal=journal
         )
+        summary.loop_lag = lag.snapshot()
     finally:
+        lag_task.cancel()
         stop.remove()
         if control is not None:
             await stop_control(control, config)

@@ -24,23 +24,19 @@ A run goes:
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import signal
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final
 
-import orjson
-
 from adapters.alpaca_sim.cli import RunningSimulator, SimulatorConfig, start_simulator
 from engine.clock import LiveClock
 from simulations.chaos.invariants import Violation, check_books, read_journal
 from simulations.chaos.schedule import Fault, FaultKind, Schedule, draw_schedule
 from simulations.engine_config import write_engine_config
+from simulations.engine_process import EngineKeys, EngineProcess
 from simulations.journal_probe import journal_max_seq, traded_since
 from simulations.lean_feed import chaos_session
 
@@ -51,7 +47,6 @@ SECRET_KEY: Final = "chaos-secret-0001"
 RUN_ID: Final = "chaos"
 PREFIX: Final = f"{RUN_ID}-"
 QTY: Final = 500
-CLI: Final = [sys.executable, "-m", "kestrel.cli"]
 _CLOCK: Final = LiveClock()
 """The orchestrator's waits are real time (the engines and the simulator live on it too)."""
 SPEED: Final = 1.5
@@ -76,76 +71,6 @@ class RunResult:
         return f"kestrel chaos --seed {self.seed} --scenario {self.scenario} --runs 1"
 
 
-class EngineProcess:
-    """One ``kestrel run`` child; its JSON log is read back for what it did."""
-
-    def __init__(self, name: str, proc: asyncio.subprocess.Process, log: Path, stderr: Path, armed: bool) -> None:
-        self.name, self.proc, self.log, self.stderr, self.armed = name, proc, log, stderr, armed
-        self.killed_by_us = False
-        self._events: list[dict[str, Any]] = []
-        self._read_to = 0
-
-    @classmethod
-    async def start(
-        cls, name: str, workdir: Path, url: str, journal: Path, config: Path, extra_env: dict[str, str]
-    ) -> EngineProcess:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KESTREL_")}
-        env |= {"APCA_API_KEY_ID": KEY_ID, "APCA_API_SECRET_KEY": SECRET_KEY, **extra_env}
-        log, out, err = workdir / f"{name}.jsonl", workdir / f"{name}.stdout", workdir / f"{name}.stderr"
-        with out.open("wb") as stdout, err.open("wb") as stderr:
-            proc = await asyncio.create_subprocess_exec(
-                *CLI, "run", "--venue-url", url, "--journal", str(journal), "--config", str(config),
-                "--log", str(log), "--json",
-                stdin=asyncio.subprocess.DEVNULL, stdout=stdout, stderr=stderr, env=env, start_new_session=True,
-            )
-        return cls(name, proc, log, err, armed=bool(extra_env))
-
-    @property
-    def running(self) -> bool:
-        return self.proc.returncode is None
-
-    def events(self) -> list[dict[str, Any]]:
-        """Every log event so far. Only the bytes written since the last call are read and
-        parsed, up to the last complete line (the engine may be mid-line)."""
-        if self.log.exists():
-            with self.log.open("rb") as file:
-                file.seek(self._read_to)
-                chunk = file.read()
-            complete = chunk.rfind(b"\n") + 1
-            self._read_to += complete
-            for line in chunk[:complete].splitlines():
-                with contextlib.suppress(orjson.JSONDecodeError):  # a line cut short by SIGKILL
-                    self._events.append(orjson.loads(line))
-        return self._events
-
-    async def has_event(self, name: str) -> bool:
-        """Whether the log has an event called ``name`` (read in a worker thread, off the loop)."""
-        events = await asyncio.to_thread(self.events)
-        return any(e.get("event") == name for e in events)
-
-    def describe(self) -> str:
-        tail = [e.get("event") for e in self.events()[-12:]]
-        err = self.stderr.read_text(errors="replace")[-600:] if self.stderr.exists() else ""
-        return f"{self.name} exit {self.proc.returncode}; last events {tail}; stderr {err!r}"
-
-    async def kill(self) -> None:
-        if self.running:
-            self.killed_by_us = True
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
-        await self.proc.wait()
-
-    async def terminate(self, timeout_s: float = 30.0) -> int:
-        if self.running:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-        try:
-            return await asyncio.wait_for(self.proc.wait(), timeout_s)
-        except TimeoutError:
-            await self.kill()
-            return -signal.SIGKILL
-
-
 class ChaosRun:
     def __init__(self, schedule: Schedule, workdir: Path, converge_timeout_s: float) -> None:
         self.schedule = schedule
@@ -165,7 +90,9 @@ class ChaosRun:
     async def start_engine(self, config: Path, env: dict[str, str] | None = None) -> EngineProcess:
         assert self.sim is not None
         name = f"engine-{len(self.engines) + 1}"
-        engine = await EngineProcess.start(name, self.workdir, self.sim.url, self.journal, config, env or {})
+        engine = await EngineProcess.start(
+            name, self.workdir, self.sim.url, self.journal, config, EngineKeys(KEY_ID, SECRET_KEY), env or {}
+        )
         self.engines.append(engine)
         return engine
 
