@@ -303,6 +303,22 @@ async def test_submit_5xx_not_at_venue_is_resent_once_with_same_id(sim: RunningS
         assert [o.id for o in venue_orders(sim, "amb-3")] == [placed.id]
 
 
+async def test_a_resend_waits_while_the_order_stream_is_down(sim: RunningSimulator) -> None:
+    """The POST never arrived; the order stream is down, so the resend waits for it."""
+    asked: list[bool] = []
+
+    def may_resend() -> bool:
+        asked.append(len(asked) >= 2)  # the stream comes back on the third ask; lookups go on meanwhile
+        return asked[-1]
+
+    async with make_rest(sim) as rest:
+        sim.faults.fail_next = [500]
+        placed = await rest.submit_order(request("amb-4", limit="90.00"), may_resend=may_resend)
+        assert len(asked) == 3  # asked before each resend; sent only on the third, once live
+        assert rest.counters["resent"] == 1
+        assert [o.id for o in venue_orders(sim, "amb-4")] == [placed.id]
+
+
 async def test_duplicate_client_order_id_returns_the_original(sim: RunningSimulator) -> None:
     async with make_rest(sim) as rest:
         first = await rest.submit_order(request("dup-1", limit="90.00"))

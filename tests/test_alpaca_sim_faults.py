@@ -363,3 +363,32 @@ async def test_the_older_hooks_are_counted(sim: RunningSimulator, http: aiohttp.
         "trade_updates_held": 1, "order_rejected": 1, "response_delayed": 1,
     }
     await ws.close()
+
+
+async def test_the_venue_notes_orders_accepted_while_no_trade_updates_stream_listened(
+    sim: RunningSimulator, http: aiohttp.ClientSession
+) -> None:
+    """What the chaos invariant ``no_order_while_stream_down`` is checked against."""
+    quote(sim, "100.00", "100.02")
+    status, _ = await call(http, sim, "POST", "/v2/orders", json=order_body(client_order_id="before-any-stream"))
+    assert status == 200
+    assert sim.state.accepted_without_stream["before-any-stream"] >= 0
+
+    ws = await open_stream(sim, http)
+    assert sim.state.trade_stream_down_since_ns is None
+    status, _ = await call(http, sim, "POST", "/v2/orders", json=order_body(client_order_id="while-listening"))
+    assert status == 200
+    assert "while-listening" not in sim.state.accepted_without_stream
+
+    sim.state.faults.stall_streams(0.5)  # half-open: still a listener, as far as anyone can tell
+    status, _ = await call(http, sim, "POST", "/v2/orders", json=order_body(client_order_id="while-stalled"))
+    assert "while-stalled" not in sim.state.accepted_without_stream
+
+    await sim.faults.disconnect_streams()
+    assert sim.state.trade_stream_down_since_ns is not None
+    status, _ = await call(http, sim, "POST", "/v2/orders", json=order_body(client_order_id="after-the-drop"))
+    assert status == 200
+    assert "after-the-drop" in sim.state.accepted_without_stream
+    refused_status, _ = await call(http, sim, "POST", "/v2/orders", json=order_body(symbol="NOPE", client_order_id="x"))
+    assert refused_status == 422 and "x" not in sim.state.accepted_without_stream  # only accepted orders count
+    await ws.close()

@@ -12,10 +12,11 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from adapters.alpaca_sim.state import VenueSettings, VenueState
 from engine.clock import LiveClock
 from engine.journal import Journal
 from engine.messages import OrderSubmitting, TradingState, TradingStateChanged
-from simulations.chaos.invariants import check_books, read_journal
+from simulations.chaos.invariants import STREAM_DOWN_GRACE_S, check_books, read_journal
 from simulations.chaos.run import PREFIX, QTY, ChaosRun
 from simulations.chaos.schedule import ENGINE_ENV_KINDS, SCENARIOS, FaultKind, draw_schedule
 
@@ -79,3 +80,15 @@ def test_usage_errors_exit_2() -> None:
         done = subprocess.run([*CLI, "chaos", *args], capture_output=True, timeout=60)
         assert done.returncode == 2, (args, done.stderr)
         assert b"chaos" in done.stderr
+
+
+async def test_an_order_accepted_long_after_the_stream_dropped_is_a_violation(tmp_path: Path) -> None:
+    path = tmp_path / "journal.db"
+    async with await Journal.open(path, LiveClock()):
+        pass  # an empty journal: only the venue's facts matter here
+    venue = VenueState(VenueSettings(), LiveClock())
+    venue.accepted_without_stream = {f"{PREFIX}000001": STREAM_DOWN_GRACE_S / 2, f"{PREFIX}000002": 3.0, "x-9": 9.0}
+    checked = check_books(await read_journal(path), venue, PREFIX, Decimal(QTY))
+    found = [v for v in checked if v.invariant == "no_order_while_stream_down"]
+    assert len(found) == 1
+    assert f"{PREFIX}000002" in found[0].detail

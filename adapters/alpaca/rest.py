@@ -733,10 +733,14 @@ class AlpacaRest:
 
     # ------------------------------------------------------------ order path
 
-    async def submit_order(self, request: wire.OrderRequest) -> wire.Order:
+    async def submit_order(
+        self, request: wire.OrderRequest, may_resend: Callable[[], bool] | None = None
+    ) -> wire.Order:
         """Submit under the ambiguous-outcome rule (see the module docstring).
 
         ``request.client_order_id`` is required: it is what makes lookups and resends safe.
+        ``may_resend``: asked before resending an order the venue turned out not to have;
+        while it says no (the order stream is down) the resend waits and lookups go on.
         """
         client_order_id = request.client_order_id
         if not client_order_id:
@@ -758,9 +762,11 @@ class AlpacaRest:
                 raise  # refused before acceptance: nothing is at the venue
             self.counters["ambiguous"] += 1
             self.log.warning("submit_outcome_ambiguous", client_order_id=client_order_id, error=str(exc))
-            return await self._resolve(request, body)
+            return await self._resolve(request, body, may_resend)
 
-    async def _resolve(self, request: wire.OrderRequest, body: bytes) -> wire.Order:
+    async def _resolve(
+        self, request: wire.OrderRequest, body: bytes, may_resend: Callable[[], bool] | None
+    ) -> wire.Order:
         client_order_id = request.client_order_id
         assert client_order_id is not None
         settings = self.settings
@@ -780,11 +786,14 @@ class AlpacaRest:
                         "submit_resolved_by_lookup", client_order_id=client_order_id, status=found.status
                     )
                     return found
-                # Not at the venue: resend under the same id (a duplicate would be refused).
-                resent = True
-                self.counters["resent"] += 1
-                _, payload = await self._request("POST", "/orders", "orders", body=body)
-                return _ORDER_DECODER.decode(payload)
+                if may_resend is not None and not may_resend():
+                    self.log.warning("resend_deferred", client_order_id=client_order_id, why="order stream down")
+                else:
+                    # Not at the venue: resend under the same id (a duplicate would be refused).
+                    resent = True
+                    self.counters["resent"] += 1
+                    _, payload = await self._request("POST", "/orders", "orders", body=body)
+                    return _ORDER_DECODER.decode(payload)
             except OrderRejected as exc:
                 if DUPLICATE_MESSAGE not in str(exc):
                     raise

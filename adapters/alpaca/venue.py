@@ -257,7 +257,7 @@ class AlpacaVenueActor(Actor):
         tracked = self.orders.setdefault(order.client_order_id, _Tracked())
         self.counters["submitted"] += 1
         try:
-            placed = await self.rest.submit_order(request)
+            placed = await self.rest.submit_order(request, may_resend=self.stream.live.is_set)
         except (BreakerOpen, RateLimited) as exc:
             self.counters["refused_breaker"] += 1
             await self._refuse(order, f"not sent: {exc}")

@@ -469,6 +469,13 @@ class VenueState:
         self.calendar = MarketCalendar(settings.holidays)
         self.session_open: bool | None = None
         """Set by the feed player while it replays (overrides the calendar for ``/v2/clock``)."""
+        self.trade_stream_down_since_ns: int | None = clock.time_ns()
+        """Since when no client has listened to ``trade_updates`` (None while one does); kept
+        by the trade-stream hub. A stalled (half-open) connection still counts as listening."""
+        self.accepted_without_stream: dict[str, float] = {}
+        """Client order id → how long (s) no client had been listening to trade updates when
+        the order was accepted: what the chaos invariant "no order sent while the order
+        stream is down" is checked against."""
         self.account_id = self._new_uuid()
         self.created_at = clock.time_ns()
         self.cash = settings.starting_cash
@@ -837,10 +844,14 @@ class VenueState:
     def submit_order(self, request: wire.OrderRequest) -> SimOrder:
         """``POST /v2/orders``: validate, check risk, store as ``pending_new``, schedule the ack."""
         try:
-            return self._submit(request)
+            order = self._submit(request)
         except VenueError:
             self.counters["refused"] += 1
             raise
+        down_since = self.trade_stream_down_since_ns
+        if down_since is not None:
+            self.accepted_without_stream[order.client_order_id] = (self.clock.time_ns() - down_since) / 1e9
+        return order
 
     def _submit(self, request: wire.OrderRequest) -> SimOrder:
         asset = self.find_asset(request.symbol)

@@ -72,6 +72,10 @@ class _Connection:
             log.warning("stream_client_too_slow", remote=self.request.remote, queued=self.queue.qsize())
             self.abort()
 
+    @property
+    def listening(self) -> bool:
+        return self.authorized and not self.dropped and TRADE_UPDATES in self.streams
+
     def abort(self) -> None:
         self.dropped = True
         transport = self.request.transport
@@ -123,7 +127,15 @@ class TradeStreamHub:
         for conn in list(self.connections):
             conn.abort()
             dropped += 1
+        self._note_listeners()
         return dropped
+
+    def _note_listeners(self) -> None:
+        """Keep :attr:`VenueState.trade_stream_down_since_ns` true to the connections now open."""
+        if any(conn.listening for conn in self.connections):
+            self.state.trade_stream_down_since_ns = None
+        elif self.state.trade_stream_down_since_ns is None:
+            self.state.trade_stream_down_since_ns = self.state.clock.time_ns()
 
     def stall(self, until_ns: int) -> int:
         """Stall every open connection until ``until_ns`` (engine clock); returns how many."""
@@ -162,6 +174,7 @@ class TradeStreamHub:
                     log.info("stream_error", remote=request.remote, error=str(ws.exception()))
         finally:
             self.connections.discard(conn)
+            self._note_listeners()
             writer = conn.writer
             writer.cancel()
             await asyncio.wait([writer])
@@ -194,5 +207,6 @@ class TradeStreamHub:
                 return
             conn.streams = [s for s in streams if s == TRADE_UPDATES]
             conn.offer(encode_frame("listening", {"streams": conn.streams}))
+            self._note_listeners()
         else:
             conn.offer(encode_frame("error", {"error_message": f"unknown action {action.action!r}"}))

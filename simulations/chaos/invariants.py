@@ -15,6 +15,11 @@ campaign reports every invariant a seed broke, not just the first:
 ``no_order_while_halted``
     no order was journaled for sending while the journal's trading state was ``halted``
     (or recovering), nor while ``reducing`` unless it reduced the position.
+``no_order_while_stream_down``
+    the venue accepted none of our orders while no client was listening to trade updates,
+    except within :data:`STREAM_DOWN_GRACE_S` of the drop (a submit already on the wire
+    when the socket went). A stalled, half-open stream still counts as listening: no client
+    can tell it apart from a quiet one until its heartbeat times out.
 ``risk_limits_held``
     no order journaled above the configured quantity cap.
 ``restarts_within_budget``
@@ -46,9 +51,11 @@ from engine.messages import (
     TradingStateChanged,
 )
 
-__all__ = ["CASH_TOLERANCE", "JournalFacts", "Violation", "check_books", "read_journal"]
+__all__ = ["CASH_TOLERANCE", "STREAM_DOWN_GRACE_S", "JournalFacts", "Violation", "check_books", "read_journal"]
 
 CASH_TOLERANCE: Final = Decimal("0.01")
+STREAM_DOWN_GRACE_S: Final = 1.0
+"""A submit the engine sent just before the stream dropped may land this much after it."""
 
 _FINAL_STATUSES: Final = frozenset({"filled", "canceled", "expired", "rejected"})
 """Venue statuses the journal must show too once the venue is done with an order."""
@@ -117,6 +124,17 @@ def check_books(facts: JournalFacts, venue: VenueState, prefix: str, max_order_q
         found.append(Violation("one_venue_order_per_intent", f"venue order {cid} was never journaled for sending"))
     for cid in facts.adopted:
         found.append(Violation("one_venue_order_per_intent", f"recovery adopted {cid}: sent before journaled"))
+
+    # no_order_while_stream_down: the venue accepted nothing of ours while no trade-updates
+    # stream was listening, beyond an order already in flight when the socket dropped.
+    for cid, down_s in sorted(venue.accepted_without_stream.items()):
+        if cid.startswith(prefix) and down_s > STREAM_DOWN_GRACE_S:
+            found.append(
+                Violation(
+                    "no_order_while_stream_down",
+                    f"venue accepted {cid} {down_s:.2f} s after the last trade-updates listener went away",
+                )
+            )
 
     # fills_recorded_once
     executions = Counter(f.execution_id for f in facts.fills)
