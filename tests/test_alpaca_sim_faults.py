@@ -365,6 +365,10 @@ async def test_the_older_hooks_are_counted(sim: RunningSimulator, http: aiohttp.
     await ws.close()
 
 
+def stream_down_since(sim: RunningSimulator) -> int | None:
+    return sim.state.trade_stream_down_since_ns
+
+
 async def test_the_venue_notes_orders_accepted_while_no_trade_updates_stream_listened(
     sim: RunningSimulator, http: aiohttp.ClientSession
 ) -> None:
@@ -375,7 +379,7 @@ async def test_the_venue_notes_orders_accepted_while_no_trade_updates_stream_lis
     assert sim.state.accepted_without_stream["before-any-stream"] >= 0
 
     ws = await open_stream(sim, http)
-    assert sim.state.trade_stream_down_since_ns is None
+    assert stream_down_since(sim) is None
     status, _ = await call(http, sim, "POST", "/v2/orders", json=order_body(client_order_id="while-listening"))
     assert status == 200
     assert "while-listening" not in sim.state.accepted_without_stream
@@ -385,7 +389,7 @@ async def test_the_venue_notes_orders_accepted_while_no_trade_updates_stream_lis
     assert "while-stalled" not in sim.state.accepted_without_stream
 
     await sim.faults.disconnect_streams()
-    assert sim.state.trade_stream_down_since_ns is not None
+    assert stream_down_since(sim) is not None
     status, _ = await call(http, sim, "POST", "/v2/orders", json=order_body(client_order_id="after-the-drop"))
     assert status == 200
     assert "after-the-drop" in sim.state.accepted_without_stream
