@@ -105,9 +105,14 @@ def redact(_: Any, __: str, event_dict: EventDict) -> EventDict:
 def add_correlation_ids(_: Any, __: str, event_dict: EventDict) -> EventDict:
     message = current_message()
     if message is not None:
+        # A message that wraps another (an ApprovedOrder carries its intent, an
+        # OrderSubmitting its order) correlates through the inner one too.
+        inner = getattr(message, "intent", None) or getattr(message, "order", None)
         for name in CORRELATION_FIELDS:
             if name not in event_dict:
                 value = getattr(message, name, None)
+                if value is None and inner is not None:
+                    value = getattr(inner, name, None)
                 if value is not None:
                     event_dict[name] = value
         event_dict.setdefault("msg_type", type(message).__name__)
