@@ -216,6 +216,9 @@ class PricingActor(Actor):
                     # symbol → 1, keyed "SYMBOL provider" (ActorStats breakdowns are counts)
                     "active_provider": {f"{s.symbol} {s.active}": 1 for s in self.symbols.values() if s.active},
                     "stale": {s.symbol: 1 for s in self.symbols.values() if s.fresh is False},
+                    # provider → clock time (ns) of its last event: feed freshness for /metrics
+                    "provider_seen_ns": dict(self._provider_seen_ns),
+                    "provider_down": {provider: 1 for provider in self._provider_down},
                 },
             )
         else:
@@ -447,10 +450,22 @@ class PricingActor(Actor):
                     await self._set_fresh(state, True, f"failed back to {provider}", now)
             return
         if not self._is_fresh(state, state.active, now) and provider in (state.primary, state.secondary):
+            if self._primary_still_starting(state, provider, now):
+                return
             await self._switch(state, provider, f"{state.active} stale", now)
             await self._publish_bbo(state, provider, now)
             if state.fresh is not True:
                 await self._set_fresh(state, True, f"failed over to {provider}", now)
+
+    def _primary_still_starting(self, state: _Symbol, standby: str, now: int) -> bool:
+        """The active provider has never spoken and the standby has been fresh for less than
+        one SLA: at start-up (or after both feeds reconnect) whichever feed's first quote
+        lands first is a race, not a failure, so the primary gets one SLA to show up."""
+        active = state.books.get(state.active) if state.active is not None else None
+        if active is not None and active.last_seen_ns is not None:
+            return False
+        since = state.books[standby].fresh_since_ns
+        return since is not None and now - since < state.sla_ns
 
     async def _go_stale(self, state: _Symbol, reason: str, now: int) -> None:
         """The active provider is stale: fail over if the standby is fresh, else tell everyone."""

@@ -5,18 +5,46 @@ shares is more than about half the quotes show (100-900), so many orders fill in
 pieces. ``trade=False`` caps orders at one share, so risk refuses every intent: an audit
 engine that recovers and reconciles but cannot trade. The control file goes next to the
 config, so engines started side by side (tests, chaos jobs) never share one.
+
+``failover=True`` (chaos runs, tests/test_feed_failover.py) streams both of the
+simulator's feeds and prices IBM from :data:`PRIMARY_FEED`, with :data:`SECONDARY_FEED`
+as its fallback, on an SLA short enough that a provider silent for a few seconds
+(``Faults.silence_feed``) is failed over from and back to within one run. The SLA must
+outlast the chaos session's quiet spells (1.6 s of market time between bursts: about
+1.1 s at the chaos replay speed of 1.5). At 1.0 s both providers would go stale in each
+spell, and whichever spoke first afterwards would take over: prices would flap.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Final
 
-__all__ = ["write_engine_config"]
+__all__ = ["FAILBACK_S", "PRIMARY_FEED", "SECONDARY_FEED", "SLA_S", "write_engine_config"]
+
+PRIMARY_FEED: Final = "iex"
+SECONDARY_FEED: Final = "sip"
+SLA_S: Final = 1.5
+"""``[pricing] sla_s`` with ``failover``: iex silent this long and IBM's prices come from sip."""
+FAILBACK_S: Final = 2.0
+"""``[pricing] failback_s`` with ``failover``: iex fresh again this long and they come from iex."""
 
 
 def write_engine_config(
-    path: Path, *, run_id: str, qty: int = 500, snapshot_every: int = 10_000, trade: bool = True
+    path: Path,
+    *,
+    run_id: str,
+    qty: int = 500,
+    snapshot_every: int = 10_000,
+    trade: bool = True,
+    failover: bool = False,
 ) -> Path:
+    pricing = (
+        f"[pricing]\nsla_s = {SLA_S}\nfailback_s = {FAILBACK_S}\n"
+        f'[pricing.providers]\nIBM = ["alpaca-{PRIMARY_FEED}", "alpaca-{SECONDARY_FEED}"]\n'
+        if failover
+        else ""
+    )
     path.write_text(
         f"""
 [engine]
@@ -33,6 +61,6 @@ max_order_qty = {qty if trade else 1}
 snapshot_every = {snapshot_every}
 [control]
 file = "{path.parent / "control.json"}"
-"""
+{pricing}"""
     )
     return path

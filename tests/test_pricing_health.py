@@ -205,6 +205,23 @@ async def test_failover_to_the_secondary_and_back_after_the_hysteresis(harness_f
     assert (counters["failovers"], counters["failbacks"]) == (1, 1)
 
 
+async def test_the_standby_speaking_first_at_start_up_is_a_race_not_a_failover(harness_factory: Any) -> None:
+    """Found by the chaos failover runs: sip's first quote beat iex's, and pricing failed
+    over to sip at once, then back after failback_s. The primary now gets one SLA."""
+    policy = PricingPolicy(sla_s=1.0, providers={"IBM": ("iex", "sip")}, failback_s=3.0)
+    h = await harness_factory(policy)
+    await h.at(0, quote("10.00", "10.02", "sip"))
+    await h.at(0.4, quote("10.00", "10.02", "sip"), quote("10.00", "10.03", "iex"))
+    assert h.of(ProviderSwitched) == []
+    assert [b.provider for b in h.of(BestBidOffer)] == ["iex"]
+    # A primary that never shows up at all: the standby takes over once it has been fresh one SLA.
+    h2 = await harness_factory(PricingPolicy(sla_s=1.0, providers={"MSFT": ("iex", "sip")}))
+    for t in (0, 0.5, 1.0):
+        await h2.at(t, quote("20.00", "20.02", "sip", symbol="MSFT"))
+    assert [(s.from_provider, s.to_provider) for s in h2.of(ProviderSwitched)] == [("iex", "sip")]
+    assert [b.provider for b in h2.of(BestBidOffer)] == ["sip"]
+
+
 async def test_both_providers_stale_makes_the_symbol_stale(harness_factory: Any) -> None:
     h = await harness_factory(PricingPolicy(sla_s=1.0, providers={"IBM": ("sip", "iex")}))
     await h.at(0, quote("10.00", "10.02", "sip"), quote("10.00", "10.03", "iex"))

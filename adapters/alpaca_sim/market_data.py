@@ -47,7 +47,9 @@ frame that connection gets); :meth:`MarketDataHub.disconnect_all` backs
 connection gets no quote/trade frames (they are dropped, not queued), its control
 frames wait in its queue, and its pings go unanswered until the stall ends (engine
 clock). Pings are answered by the reader, not by aiohttp's autoping, so that a stall can
-withhold them.
+withhold them. :meth:`MarketDataHub.silence` backs ``silence_feed``: until the silence
+ends (engine clock) no quote/trade frame goes to any connection of that feed, open or
+opened meanwhile (dropped, not queued), while pings and control frames flow as usual.
 """
 
 from __future__ import annotations
@@ -202,6 +204,8 @@ class HubCounters:
     """Connections aborted by :meth:`MarketDataHub.close_all`."""
     frames_dropped_stalled: int = 0
     """Quote/trade frames not sent to a stalled connection (the ``stall_streams`` fault)."""
+    frames_dropped_silenced: int = 0
+    """Quote/trade frames not sent to a connection of a silenced feed (the ``silence_feed`` fault)."""
 
 
 class _Connection:
@@ -278,10 +282,14 @@ class MarketDataHub:
         self._test_mid_cents = 10_000
         self._test_trade_id = 0
         self._log = get_logger(component="alpaca_sim_market_data")
+        self._silent_until_ns: dict[str, int] = {}
+        """Per feed, the end of its ``silence_feed`` fault (epoch ns); a feed, not a connection,
+        goes quiet, so a client that reconnects hears nothing either."""
         self._faults = faults
         if faults is not None:
             faults.add_market_data_disconnector(self.disconnect_all)
             faults.add_stall_target(self.stall)
+            faults.add_silence_target(self.silence)
 
     # ------------------------------------------------------------ introspection
 
@@ -321,6 +329,7 @@ class MarketDataHub:
     def _fan_out(self, channel: str, symbol: str, encode: Callable[[bool], Frame], test: bool) -> None:
         targets: list[_Connection] = []
         now = self._clock.time_ns()
+        silent = self._silent_until_ns
         for conn in tuple(self._connections):
             if (conn.feed == "test") != test or not conn.authenticated or conn.closing:
                 continue
@@ -328,6 +337,9 @@ class MarketDataHub:
                 continue
             if conn.stalled_until_ns > now:
                 self.counters.frames_dropped_stalled += 1
+                continue
+            if silent and silent.get(conn.feed, 0) > now:
+                self.counters.frames_dropped_silenced += 1
                 continue
             targets.append(conn)
         if not targets:
@@ -566,6 +578,20 @@ class MarketDataHub:
         for conn in self._connections:
             conn.stalled_until_ns = max(conn.stalled_until_ns, until_ns)
         return len(self._connections)
+
+    def silence(self, feed: str, until_ns: int) -> int:
+        """Send no quote/trade frames on ``feed`` until ``until_ns`` (engine clock); returns how
+        many of its connections are open. Its connections stay up and answer pings."""
+        if feed not in FEEDS:
+            raise ValueError(f"unknown feed {feed!r} (known: {', '.join(sorted(FEEDS))})")
+        self._silent_until_ns[feed] = max(self._silent_until_ns.get(feed, 0), until_ns)
+        open_now = sum(1 for conn in self._connections if conn.feed == feed)
+        self._log.info("alpaca_md_feed_silenced", feed=feed, until_ns=until_ns, connections=open_now)
+        return open_now
+
+    def silent(self, feed: str) -> bool:
+        """Whether ``feed`` is silenced right now (engine clock)."""
+        return self._silent_until_ns.get(feed, 0) > self._clock.time_ns()
 
     async def disconnect_all(self) -> int:
         """:meth:`close_all`, returning how many connections were dropped."""

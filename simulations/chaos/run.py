@@ -35,7 +35,7 @@ from adapters.alpaca_sim.cli import RunningSimulator, SimulatorConfig, start_sim
 from engine.clock import LiveClock
 from simulations.chaos.invariants import Violation, check_books, read_journal
 from simulations.chaos.schedule import Fault, FaultKind, Schedule, draw_schedule
-from simulations.engine_config import write_engine_config
+from simulations.engine_config import PRIMARY_FEED, write_engine_config
 from simulations.engine_process import EngineKeys, EngineProcess
 from simulations.journal_probe import journal_max_seq, traded_since
 from simulations.lean_feed import chaos_session
@@ -80,8 +80,12 @@ class ChaosRun:
         self.result = RunResult(schedule.seed, schedule.scenario, [f.describe() for f in schedule.faults])
         self.engines: list[EngineProcess] = []
         self.sim: RunningSimulator | None = None
-        self.trade_config = write_engine_config(workdir / "trade.toml", run_id=RUN_ID, qty=QTY)
-        self.audit_config = write_engine_config(workdir / "audit.toml", run_id=RUN_ID, qty=QTY, trade=False)
+        # Every engine streams both feeds with IBM on iex, failing over to sip (see
+        # simulations/engine_config.py): provider_silent needs it, and every other fault hits two feeds.
+        self.trade_config = write_engine_config(workdir / "trade.toml", run_id=RUN_ID, qty=QTY, failover=True)
+        self.audit_config = write_engine_config(
+            workdir / "audit.toml", run_id=RUN_ID, qty=QTY, trade=False, failover=True
+        )
         self._restore: list[asyncio.TimerHandle] = []
 
     def violation(self, invariant: str, detail: str) -> None:
@@ -210,6 +214,10 @@ class ChaosRun:
             self._later(amount, lambda: asyncio.ensure_future(self._drop_held()))
         elif kind is FaultKind.SIMULATOR_RESTART:
             await sim.restart_server()
+        elif kind is FaultKind.PROVIDER_SILENT:
+            # The engines' primary provider goes quiet (its socket stays up): prices must
+            # come from the secondary meanwhile, and from the primary again after it.
+            faults.silence_feed(PRIMARY_FEED, amount)
         else:
             raise AssertionError(f"{kind} is armed in the engine's environment, not injected")
         return engine

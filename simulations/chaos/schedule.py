@@ -9,8 +9,10 @@ Where each kind is injected (always at a boundary, never inside the order path):
 
 - the venue simulator, in the chaos process (:mod:`adapters.alpaca_sim` ``Faults``):
   socket drops, stalls, slow responses, HTTP 429/5xx, lost submit replies, market-data
-  frames duplicated / dropped / reordered, order updates duplicated / reordered, late
-  fills after a cancel, trade updates missed while a socket is down, a simulator restart;
+  frames duplicated / dropped / reordered, the primary market-data provider (``iex``)
+  going silent while its socket stays up (pricing must fail over to ``sip`` and back),
+  order updates duplicated / reordered, late fills after a cancel, trade updates missed
+  while a socket is down, a simulator restart;
 - the engine process, armed from its environment at start (``KESTREL_FAULTS``,
   :mod:`engine.faults`; ``KESTREL_CRASH_AT``, :mod:`engine.crashpoints`): journal write
   errors and a full disk, wall-clock jumps, ``kill -9`` at a named order-path point;
@@ -49,6 +51,7 @@ class FaultKind(enum.StrEnum):
     DISK_FULL = "disk_full"
     JOURNAL_IO_ERROR = "journal_io_error"
     CLOCK_JUMP = "clock_jump"
+    PROVIDER_SILENT = "provider_silent"
 
 
 ENGINE_ENV_KINDS: Final = frozenset(
@@ -79,7 +82,7 @@ SCENARIOS: Final[dict[str, tuple[FaultKind, ...]]] = {
     "disk-full": (FaultKind.DISK_FULL, FaultKind.JOURNAL_IO_ERROR),
     "feed-failover": (
         FaultKind.FEED_DROP, FaultKind.MD_GAP, FaultKind.MD_DUPLICATE, FaultKind.MD_REORDER, FaultKind.STREAM_STALL,
-        FaultKind.CLOCK_JUMP,
+        FaultKind.CLOCK_JUMP, FaultKind.PROVIDER_SILENT,
     ),
     "everything": _ALL,
 }
@@ -143,6 +146,11 @@ def _amount(kind: FaultKind, rng: random.Random) -> tuple[float, str]:
         return round(rng.uniform(0.5, 3.0), 2), ""
     if kind is FaultKind.SLOW_RESPONSES:
         return round(rng.uniform(0.2, 1.5), 2), ""
+    if kind is FaultKind.PROVIDER_SILENT:
+        # Seconds: longer than the chaos engines' SLA (1.5 s, simulations/engine_config.py), so
+        # pricing fails over; short enough that the failback (failback_s after the silence)
+        # often happens within the run, not only in the engine that converges after it.
+        return round(rng.uniform(2.0, 4.0), 2), ""
     if kind in (FaultKind.HTTP_429, FaultKind.HTTP_5XX):
         return float(rng.randint(1, 6)), ""
     if kind in (FaultKind.MD_DUPLICATE, FaultKind.MD_GAP, FaultKind.MD_REORDER):
