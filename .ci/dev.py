@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -22,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 STAMP = VENV / ".kestrel-installed"
+CHROMIUM = Path("/usr/bin/chromium")
 
 
 def _python() -> Path:
@@ -48,6 +50,37 @@ def run(argv: list[str]) -> int:
     return subprocess.call([str(BIN / "kestrel"), "run", *argv], cwd=ROOT)
 
 
+def ensure_browser() -> None:
+    """Install Debian's Chromium for the dashboard's browser test (tests/test_dashboard.py) when missing.
+
+    Playwright (a dev dependency) drives it; its own browser download is not used. Only as root
+    with apt-get: anywhere else this says what is missing, and that test then fails with the
+    command to run (KESTREL_SKIP_BROWSER=1 skips it instead).
+    """
+    if CHROMIUM.exists() or os.environ.get("KESTREL_SKIP_BROWSER") == "1":
+        return
+    apt = shutil.which("apt-get")
+    if apt is None or not hasattr(os, "geteuid") or os.geteuid() != 0:
+        print(
+            f"--- {CHROMIUM} is missing and this is not root with apt-get: tests/test_dashboard.py will fail "
+            "(install it: sudo apt-get install -y --no-install-recommends chromium; or KESTREL_SKIP_BROWSER=1)",
+            file=sys.stderr,
+        )
+        return
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = [apt, "install", "-y", "--no-install-recommends", "chromium"]
+    # Package lists may be missing (a fresh container) or stale: update once if the install fails.
+    for commands in ([install], [[apt, "update"], install]):
+        for command in commands:
+            print(f"--- browser for the dashboard test: {' '.join(command)}", file=sys.stderr, flush=True)
+            if subprocess.call(command, env=env) != 0:
+                print(f"--- {' '.join(command)} failed", file=sys.stderr)
+                break
+        else:
+            return
+    print("--- could not install chromium: tests/test_dashboard.py will fail", file=sys.stderr)
+
+
 def test(argv: list[str]) -> int:
     steps = [
         ("ruff", [str(_python()), "-m", "ruff", "check", "."]),
@@ -55,6 +88,8 @@ def test(argv: list[str]) -> int:
         ("pytest", [str(_python()), "-m", "pytest", *argv]),
     ]
     for name, command in steps:
+        if name == "pytest":
+            ensure_browser()
         print(f"--- {name}", file=sys.stderr, flush=True)
         code = subprocess.call(command, cwd=ROOT)
         if code != 0:

@@ -21,6 +21,7 @@ import msgspec
 from engine.journal import Journal
 from engine.messages import (
     AccountBaseline,
+    AuditRecord,
     Fill,
     Message,
     OrderAdopted,
@@ -76,7 +77,7 @@ class Book(msgspec.Struct, kw_only=True, array_like=True, dict=True):
     every order; scanning every order ever placed made a long session quadratic."""
 
     last_seq: int = 0
-    """The journal sequence number of the last record applied."""
+    """The journal sequence number of the last record applied (audit records are skipped, not applied)."""
     sequence: int = 0
     """The highest client-order-id sequence number ever used."""
     orders: dict[str, BookOrder] = {}
@@ -130,6 +131,12 @@ class Book(msgspec.Struct, kw_only=True, array_like=True, dict=True):
             self.trading_reason = record.reason
         elif isinstance(record, RiskRejected):
             self.risk_rejections += 1
+        elif isinstance(record, AuditRecord):
+            # The audit trail (signals, risk decisions, operator actions) explains the book and is
+            # not part of it; it is written by another actor, between the order manager's records.
+            # Not even ``last_seq`` moves: the book the journal re-derives is then the very book
+            # the order manager held live, and its snapshot seq is always one of its own records.
+            return
         # Anything else the journal may hold is not part of the book.
         self.last_seq = seq
 

@@ -50,6 +50,7 @@ from typing import Any, Final
 import msgspec
 
 from actors.order_book import SNAPSHOT_KIND, Book, BookOrder, rebuild
+from actors.order_latency import OrderPathLatency
 from engine import crashpoints, topics
 from engine.actor import Actor
 from engine.clock import NS_PER_S
@@ -152,9 +153,12 @@ class OrderManagerActor(Actor):
         max_ack_lookups: int = 3,
         recovery_attempts: int = 3,
         recovery_timeout_s: float = 30.0,
+        latency: OrderPathLatency | None = None,
     ) -> None:
         self.prefix = prefix
         self.journal = journal
+        self.latency = latency if latency is not None else OrderPathLatency()
+        """Submit-to-ack, ack-to-fill, tick-to-order (shared across restarts by the composition root)."""
         self.venue_address = venue_address
         self.starting_cash = starting_cash
         self.cash_tolerance = cash_tolerance
@@ -393,6 +397,7 @@ class OrderManagerActor(Actor):
             return
         crashpoints.hit("order.after_commit_before_send")
         self.counters["submitted"] += 1
+        self.latency.sent(client_order_id, self.ctx.clock.time_ns())
         await self.ctx.publish(topics.VENUE_COMMAND, order)
         self._arm_watchdog(unacknowledged=True)
 
@@ -444,6 +449,9 @@ class OrderManagerActor(Actor):
         )
         await self._record_or_keep(fill)
         self.counters["fills"] += 1
+        self.latency.filled(fill.client_order_id, self.ctx.clock.time_ns())
+        if order.is_terminal:
+            self.latency.finished(fill.client_order_id)
         await self.ctx.publish(topics.ORDER_FILL, fill)
         if order.filled_qty < order.qty and not order.is_terminal:
             crashpoints.hit("order.between_partial_fills")
@@ -480,6 +488,9 @@ class OrderManagerActor(Actor):
                 ts_init=self.ctx.clock.time_ns(),
             )
         await self._record_or_keep(record)
+        self.latency.heard(order.client_order_id, self.ctx.clock.time_ns())
+        if order.is_terminal:
+            self.latency.finished(order.client_order_id)
         self.ack_lookups.pop(order.client_order_id, None)
         if update.status is OrderStatus.REJECTED:
             self.counters["venue_rejected"] += 1

@@ -71,6 +71,11 @@ clock's date (``PATTERN_DAY_TRADER`` / ``INTRADAY_MARGIN``, :mod:`actors.day_tra
 The runaway guard runs first: a strategy sending more than ``runaway_intents_per_s``
 intents in a second, or with ``runaway_rejected_streak`` rejections in a row, is paused
 (``STRATEGY_PAUSED``) until an operator resumes trading.
+
+The audit trail (``audit``, journaled by :mod:`actors.audit`): a ``RiskDecision`` for every
+intent decided, approved or rejected, with the inputs the checks used, published just
+before the ``ApprovedOrder`` or ``RiskRejected`` it goes with; an ``OperatorActionRecorded``
+for every operator command, with the answer.
 """
 
 from __future__ import annotations
@@ -108,6 +113,7 @@ from engine.messages import (
     Fill,
     MarketDataStatus,
     OperatorAction,
+    OperatorActionRecorded,
     OperatorCommand,
     OperatorReply,
     OrderIntent,
@@ -116,6 +122,7 @@ from engine.messages import (
     PortfolioQuery,
     PortfolioSnapshot,
     ProviderSwitched,
+    RiskDecision,
     RiskRejected,
     RiskReport,
     RiskReportQuery,
@@ -292,7 +299,9 @@ class RiskActor(Actor):
                 self.returns.sample(marks)  # at a regular interval, not per fill: VaR's horizon
             await self._mark()
         elif kind is OperatorCommand:
-            return await self._operator(message)
+            reply = await self._operator(message)
+            await self._audit_operator(message, reply)
+            return reply
         elif kind is RiskReportQuery:
             return self._report()
         elif kind is StatsQuery:
@@ -482,6 +491,23 @@ class RiskActor(Actor):
         )
         self.approved += 1
         self.rejected_streak.pop(intent.strategy, None)
+        # The decision on ``audit`` before the order: the audit actor is woken first, so the
+        # decision is journaled ahead of the order manager's OrderSubmitting (actors/audit.py).
+        await self.ctx.publish(
+            topics.AUDIT,
+            RiskDecision(
+                intent_id=intent.intent_id,
+                strategy=intent.strategy,
+                symbol=symbol,
+                side=intent.side,
+                qty=intent.qty,
+                approved=True,
+                reference_price=reference,
+                trading_state=self.state,
+                inputs=decision.inputs,
+                ts_init=now,
+            ),
+        )
         await self.ctx.publish(
             topics.ORDER_APPROVED,
             ApprovedOrder(intent=intent, reference_price=reference, ts_init=now, inputs=decision.inputs),
@@ -789,6 +815,23 @@ class RiskActor(Actor):
         if limit is not None and streak >= limit and intent.strategy not in self.paused:
             self._pause(intent.strategy, f"{streak} rejected intents in a row")
         self.ctx.log.info("intent_rejected", reason=reason, detail=detail, **inputs)
+        now = self.ctx.clock.time_ns()
+        await self.ctx.publish(
+            topics.AUDIT,
+            RiskDecision(
+                intent_id=intent.intent_id,
+                strategy=intent.strategy,
+                symbol=intent.symbol,
+                side=intent.side,
+                qty=intent.qty,
+                approved=False,
+                reason=reason,
+                detail=detail,
+                trading_state=self.state,
+                inputs=inputs,
+                ts_init=now,
+            ),
+        )
         await self.ctx.publish(
             topics.ORDER_EVENT,
             RiskRejected(
@@ -798,6 +841,27 @@ class RiskActor(Actor):
                 reason=reason,
                 detail=detail,
                 inputs=inputs,
+                ts_init=now,
+            ),
+        )
+
+    async def _audit_operator(self, command: OperatorCommand, reply: OperatorReply) -> None:
+        """Every operator command, granted or refused, goes on the audit trail with risk's answer.
+
+        Built from the command and the reply only: neither holds the control token (the
+        control channel checks it and never passes it on), so the journal never sees one.
+        """
+        await self.ctx.publish(
+            topics.AUDIT,
+            OperatorActionRecorded(
+                action=command.action,
+                operator=command.operator,
+                reason=command.reason,
+                accepted=reply.accepted,
+                result=reply.detail,
+                state=reply.state,
+                intents=list(reply.intents),
+                ts_command=command.ts_init,
                 ts_init=self.ctx.clock.time_ns(),
             ),
         )

@@ -1,7 +1,9 @@
 """The strategy actor: hosts one :class:`~actors.strategies.base.Strategy`.
 
 It feeds the strategy market data and the outcomes of its own orders, and publishes the
-intents the strategy returns on ``order.intent``. Market data is conflated per symbol
+intents the strategy returns on ``order.intent``, each followed on ``audit`` by a
+``SignalRecorded``: the intent, the features the strategy noted for it, and the message it
+was reacting to. Market data is conflated per symbol
 when the strategy falls behind (see the mailbox policy the composition root sets).
 """
 
@@ -25,6 +27,7 @@ from engine.messages import (
     PortfolioSnapshot,
     ProviderSwitched,
     RiskRejected,
+    SignalRecorded,
     StatsQuery,
     SymbolTradingStatus,
     TradeTick,
@@ -91,7 +94,39 @@ class StrategyActor(Actor):
             return ActorStats(counters={"intents": self.intents, "market_status": self.market_status})
         else:
             raise TypeError(f"strategy actor cannot handle {kind.__name__}")
+        if not intents:
+            return None
+        # Each intent, then its signal on ``audit``: risk is woken first, so the audit actor's
+        # turn is not on the way from the strategy to risk. It still comes before the order
+        # manager's (woken later, by the approval), so the signal is journaled ahead of the
+        # decision and the order it explains (see actors/audit.py).
+        features = strategy.take_features()
+        ts_trigger = _event_time(message)
+        trigger = kind.__name__
         for intent in intents:
             self.intents += 1
+            signal = SignalRecorded(
+                intent_id=intent.intent_id,
+                strategy=intent.strategy,
+                symbol=intent.symbol,
+                side=intent.side,
+                qty=intent.qty,
+                order_type=intent.order_type,
+                limit_price=intent.limit_price,
+                features=features.get(intent.intent_id, {}),
+                trigger=trigger,
+                ts_trigger=ts_trigger,
+                ts_init=now,
+            )
             await self.ctx.publish(topics.ORDER_INTENT, intent)
+            await self.ctx.publish(topics.AUDIT, signal)
         return None
+
+
+def _event_time(message: Any) -> int:
+    """When what the strategy reacted to happened: its ``ts_event``, else (no event time) its ``ts_init``."""
+    ts_event: int | None = getattr(message, "ts_event", None)
+    if ts_event is not None:
+        return ts_event
+    ts_init: int = message.ts_init
+    return ts_init

@@ -5,7 +5,7 @@ this small aiohttp server. It knows nothing of risk or the bus: each request bec
 :class:`~engine.messages.OperatorCommand` handed to ``dispatch`` (the composition root
 routes it to risk), and the :class:`~engine.messages.OperatorReply` goes back as JSON.
 
-Routes (every one needs ``Authorization: Bearer <token>``):
+Control routes (every one needs ``Authorization: Bearer <token>``):
 
 - ``POST /control/halt``, ``/control/resume``, ``/control/flatten`` with the JSON body
   ``{"reason": str, "operator": str (optional, default "cli")}``: 200 + the reply when
@@ -13,6 +13,10 @@ Routes (every one needs ``Authorization: Bearer <token>``):
   engine did not answer within ``dispatch_timeout_s``, 500 (type and message) when
   ``dispatch`` raised;
 - ``GET /control/state``: ``await state()`` as JSON, 404 when no ``state`` was given.
+
+``public`` adds read-only GET routes that need no token (the composition root's
+``/metrics``, ``/healthz`` and ``/readyz``): a monitoring system scrapes them, and
+they can neither change the engine nor reveal more than its figures.
 
 Errors are JSON too: ``{"error": CODE, "message": TEXT}``. A missing or wrong token is
 401; the request goes no further, and the warning logged names the remote address,
@@ -39,7 +43,7 @@ import ipaddress
 import os
 import secrets
 import stat
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -65,6 +69,7 @@ _ACTIONS: Final = {action.value: action for action in OperatorAction}
 T = TypeVar("T")
 Dispatch = Callable[[OperatorCommand], Awaitable[OperatorReply]]
 StateProvider = Callable[[], Awaitable[dict[str, Any]]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _encoder = msgspec.json.Encoder()
 
@@ -274,6 +279,7 @@ class ControlServer:
         *,
         allow_remote: bool = False,
         dispatch_timeout_s: float = DEFAULT_DISPATCH_TIMEOUT_S,
+        public: Mapping[str, Handler] | None = None,
     ) -> None:
         if not allow_remote and not is_loopback(host):
             raise ControlError(
@@ -292,6 +298,7 @@ class ControlServer:
         self._host = host
         self._port = port
         self._state = state
+        self._public = dict(public or {})
         self._timeout_s = dispatch_timeout_s
         self._runner: web.AppRunner | None = None
         self._url: str | None = None
@@ -311,6 +318,8 @@ class ControlServer:
         for action in OperatorAction:
             app.router.add_post(f"/control/{action.value}", self._command)
         app.router.add_get("/control/state", self._get_state)
+        for path, handler in self._public.items():
+            app.router.add_get(path, handler)
         return app
 
     async def start(self) -> None:
@@ -353,6 +362,8 @@ class ControlServer:
     async def _guard(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
+        if request.method in ("GET", "HEAD") and request.path in self._public:
+            return await handler(request)  # read-only: metrics, health, readiness
         if not self._authorized(request):
             problem = "missing" if "Authorization" not in request.headers else "wrong"
             log.warning(

@@ -73,6 +73,8 @@ class BreakerState(enum.Enum):
 
 
 CLOSED: Final = BreakerState.CLOSED
+BREAKER_CODES: Final = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+"""A breaker's state as a number (``kestrel_breaker_state`` in ``/metrics``): 0 closed, 1 half-open, 2 open."""
 OPEN: Final = BreakerState.OPEN
 HALF_OPEN: Final = BreakerState.HALF_OPEN
 

@@ -3,7 +3,9 @@
 The journal is the single source of truth for order and ledger state (DESIGN §1, §5). The
 order manager appends a record (``OrderSubmitting``, ``OrderUpdate``, ``Fill``,
 ``RiskRejected``, ...) and, for the write-ahead rule, waits for its commit before acting on
-it; after a restart, recovery replays the journal from the newest snapshot.
+it; after a restart, recovery replays the journal from the newest snapshot. Between its
+records the audit actor appends the audit trail (``SignalRecorded``, ``RiskDecision``,
+``OperatorActionRecorded``) without waiting for commits; the order book skips those.
 
 The model:
 
@@ -18,6 +20,14 @@ The model:
   hop; rows appended while a commit is in flight wait and go together in the next one. A
   burst of N appends in one loop turn therefore costs two commits (the first row, then the
   other N-1), not N, and a lone write-ahead record waits for one hop and one loop wake-up.
+- **Deferred rows** (``append(record, deferred=True)``: the audit trail) start no commit:
+  they wait, at most :data:`DEFERRED_COMMIT_S`, for the next ordinary row and go in its
+  transaction, ahead of it (seq order). An audit record appended just before the order it
+  explains would otherwise take the commit slot, and the write-ahead record would wait
+  for two commits instead of one (measured in process, approval to ``SubmitOrder`` at the
+  venue adapter, 2-vCPU dev machine: p50 59 µs without audit records, 112 µs with them
+  appended as ordinary rows, 75 µs deferred). ``flush`` (and so ``close`` and snapshots)
+  commits them at once.
 - **Durability** is a config choice (:class:`Durability`): WAL mode with
   ``synchronous=NORMAL`` survives any process crash; ``FULL`` also survives power loss.
 - **History is never rewritten.** Events are inserted, never updated, replaced or deleted;
@@ -51,7 +61,7 @@ import operator
 import os
 import sqlite3
 import typing
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -66,6 +76,7 @@ from engine.clock import Clock, perf_ns
 from engine.errors import KestrelError
 from engine.logs import get_logger
 from engine.messages import ApprovedOrder, Message, OrderSubmitting
+from engine.metrics import Histogram
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -80,6 +91,10 @@ class Durability(enum.StrEnum):
     """``synchronous=FULL``: also survives power loss and OS crashes (an fsync per commit)."""
 
 
+COMMIT_BUCKETS_S: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+"""Group-commit round trips: 100 µs (process durability) to beyond a slow fsync."""
+GROUP_BUCKETS: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+"""Rows per group commit."""
 _SYNCHRONOUS: Final = {Durability.PROCESS: "NORMAL", Durability.POWER: "FULL"}
 _SYNCHRONOUS_LEVEL: Final = {Durability.PROCESS: 1, Durability.POWER: 2}
 
@@ -189,6 +204,12 @@ _INSERT_EVENT: Final = (
 _SELECT_EVENTS: Final = "SELECT seq, ts_ns, payload FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
 
 _Row = tuple[int, int, str, str | None, str | None, bytes]
+
+DEFERRED_COMMIT_S: Final = 0.001
+"""How long a deferred row waits for an ordinary row to share a commit with before it is
+committed on its own: long enough for strategy → risk → order manager, short enough that
+the audit trail is on disk within about a millisecond. A loop timer, not the engine clock:
+it paces I/O and decides nothing, so a replay's records are the same whenever it fires."""
 
 _encode: Final = msgspec.msgpack.Encoder().encode
 _DECODER: Final = msgspec.msgpack.Decoder(Message)
@@ -482,6 +503,28 @@ def _read_events(conn: sqlite3.Connection, path: Path, after_seq: int, limit: in
     return entries
 
 
+def _read_selected(conn: sqlite3.Connection, path: Path, where: str, params: Sequence[object]) -> list[JournalEntry]:
+    """The committed events matching ``where`` (built by the caller from fixed SQL and ``?``), in seq order.
+
+    Filters on the index columns (``kind``, ``client_order_id``, ``intent_id``, ``seq``), so
+    only the matching rows are decoded. A selection has gaps by design: none are checked.
+    """
+    rows = conn.execute(f"SELECT seq, ts_ns, payload FROM events WHERE {where} ORDER BY seq", params).fetchall()
+    decode = _DECODER.decode
+    entries: list[JournalEntry] = []
+    for seq, ts_ns, payload in rows:
+        try:
+            record = decode(payload)
+        except (msgspec.DecodeError, TypeError) as exc:
+            raise JournalCorrupt(f"{path}: event seq {seq} does not decode ({_describe(exc)})") from exc
+        entries.append(JournalEntry(seq, ts_ns, record))
+    return entries
+
+
+def _placeholders(values: Sequence[object]) -> str:
+    return ", ".join("?" * len(values))
+
+
 # ---------------------------------------------------------------- the journal
 
 
@@ -536,6 +579,10 @@ class Journal:
             "commit_ns_last": 0,
             "commit_ns_max": 0,
         }
+        self.commit_latency = Histogram(COMMIT_BUCKETS_S)
+        """Each group commit's round trip, as ``commit_ns_last`` (seconds; ``/metrics``)."""
+        self.group_rows = Histogram(GROUP_BUCKETS, scale=1)
+        """Rows per group commit (how much group commit batches; ``/metrics``)."""
         self._clock = clock
         self._db = db
         # The sqlite3 connection behind aiosqlite. Used only inside functions that run on
@@ -548,6 +595,8 @@ class Journal:
         self._flush_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._room_waiters: list[asyncio.Future[None]] = []
         self._committing = False  # a group is on the connection's thread
+        self._urgent = False  # a queued row wants its commit now (not only deferred rows queued)
+        self._deferred_timer: asyncio.TimerHandle | None = None  # commits deferred rows left alone
         self._failure: JournalWriteFailed | None = None
         self._closing = self.readonly  # a read-only journal refuses writes from the start
         self._closed = False
@@ -671,13 +720,17 @@ class Journal:
 
     # ------------------------------------------------------------ writing
 
-    def append(self, record: Message) -> asyncio.Future[int]:
+    def append(self, record: Message, *, deferred: bool = False) -> asyncio.Future[int]:
         """Queue ``record``; the future resolves with its seq once the row is committed.
 
         Non-blocking. The seq is assigned (``last_seq`` grows) and the timestamp read from
         the engine clock here, in call order. The future fails with
         :class:`JournalWriteFailed` if the commit fails. Cancelling the future does not
         withdraw the row: it is queued and will be committed.
+
+        ``deferred=True``: the row starts no commit of its own; it goes with the next
+        ordinary row's, or after :data:`DEFERRED_COMMIT_S` (see the module docs). For
+        records nobody waits on, appended just ahead of write-ahead records.
 
         Raises :class:`JournalBackpressure` when ``max_pending`` rows are queued,
         :class:`JournalWriteFailed` once the journal has failed, :class:`JournalClosed`
@@ -707,8 +760,13 @@ class Journal:
         self.last_seq = seq
         future: asyncio.Future[int] = self._loop.create_future()
         self._waiters.append(future)
+        if not deferred:
+            self._urgent = True
         if not self._committing:
-            self._start_group()
+            if self._urgent:
+                self._start_group()
+            elif self._deferred_timer is None:
+                self._deferred_timer = self._loop.call_later(DEFERRED_COMMIT_S, self._commit_deferred)
         return future
 
     @property
@@ -733,6 +791,8 @@ class Journal:
                 return
             room: asyncio.Future[None] = self._loop.create_future()
             self._room_waiters.append(room)
+            if not self._committing:
+                self._start_group()  # only deferred rows wait (an ordinary one starts a group): go now
             await room
 
     async def flush(self) -> None:
@@ -745,6 +805,11 @@ class Journal:
         target = self.last_seq
         if self.committed_seq >= target:
             return
+        if self._rows:
+            # Deferred rows too, now: whoever flushes wants everything on disk.
+            self._urgent = True
+            if not self._committing:
+                self._start_group()
         done: asyncio.Future[None] = self._loop.create_future()
         self._flush_waiters.append((target, done))
         await done
@@ -810,6 +875,30 @@ class Journal:
                 return
             after_seq = entries[-1].seq
 
+    async def read_correlated(self, ids: Collection[str]) -> list[JournalEntry]:
+        """Committed events whose client order id or intent id (the row's index columns) is in ``ids``.
+
+        In seq order, in one query that decodes only the matching rows: how ``kestrel journal
+        show --order`` finds one order's story without decoding the whole journal. Raises
+        :class:`JournalCorrupt` for a matching row that does not decode.
+        """
+        wanted = sorted(set(ids))
+        if not wanted:
+            return []
+        marks = _placeholders(wanted)
+        where = f"client_order_id IN ({marks}) OR intent_id IN ({marks})"
+        self._check_open()
+        return await self._read_hop(_read_selected, self.path, where, [*wanted, *wanted])
+
+    async def read_kinds(self, kinds: Collection[str], first_seq: int, last_seq: int) -> list[JournalEntry]:
+        """Committed events of the given kinds (msgspec tags: class names) with ``first_seq <= seq <= last_seq``."""
+        wanted = sorted(set(kinds))
+        if not wanted or first_seq > last_seq:
+            return []
+        where = f"kind IN ({_placeholders(wanted)}) AND seq BETWEEN ? AND ?"
+        self._check_open()
+        return await self._read_hop(_read_selected, self.path, where, [*wanted, first_seq, last_seq])
+
     async def latest_snapshot(self, kind: str) -> Snapshot | None:
         """The snapshot of ``kind`` covering the most events (the newest, on a tie)."""
         self._check_open()
@@ -843,6 +932,7 @@ class Journal:
                 await self.flush()
         finally:
             self._closed = True
+            self._cancel_deferred_timer()
             self._wake_room()
             if not self._released.done():
                 self._released.set_result(None)
@@ -929,6 +1019,9 @@ class Journal:
         rows, waiters = self._rows, self._waiters
         self._rows, self._waiters = [], []
         self._committing = True
+        self._urgent = False
+        if self._deferred_timer is not None:
+            self._cancel_deferred_timer()
         if self._room_waiters:
             self._wake_room()
         call = partial(self._commit_on_thread, rows, waiters, perf_ns())
@@ -964,6 +1057,8 @@ class Journal:
         stats["rows"] += len(rows)
         stats["max_group"] = max(stats["max_group"], len(rows))
         stats["commit_ns_last"] = elapsed
+        self.commit_latency.observe(elapsed)
+        self.group_rows.observe(len(rows))
         stats["commit_ns_max"] = max(stats["commit_ns_max"], elapsed)
         seq = rows[0][0]
         self.committed_seq = rows[-1][0]
@@ -974,7 +1069,21 @@ class Journal:
         if self._flush_waiters:
             self._wake_flushers()
         if self._rows and self._failure is None:
+            if self._urgent:
+                self._start_group()
+            elif self._deferred_timer is None:
+                self._deferred_timer = self._loop.call_later(DEFERRED_COMMIT_S, self._commit_deferred)
+
+    def _commit_deferred(self) -> None:
+        """Deferred rows waited :data:`DEFERRED_COMMIT_S` and no ordinary row came: commit them alone."""
+        self._deferred_timer = None
+        if self._rows and not self._committing and self._failure is None and not self._abandoned:
             self._start_group()
+
+    def _cancel_deferred_timer(self) -> None:
+        if self._deferred_timer is not None:
+            self._deferred_timer.cancel()
+            self._deferred_timer = None
 
     def _wake_flushers(self) -> None:
         committed = self.committed_seq
@@ -1001,6 +1110,7 @@ class Journal:
         )
         error.__cause__ = exc
         self._failure = error
+        self._cancel_deferred_timer()
         lost = len(waiters) + len(self._rows)
         self._log.error(
             "journal_write_failed",

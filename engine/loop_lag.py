@@ -15,7 +15,6 @@ maximum and the run's, together with the process's peak resident memory (from
 
 from __future__ import annotations
 
-import bisect
 import resource
 import sys
 from typing import Final
@@ -24,6 +23,7 @@ import msgspec
 
 from engine.clock import NS_PER_S, LiveClock, perf_ns
 from engine.logs import get_logger
+from engine.metrics import Histogram
 
 __all__ = ["LAG_BUCKETS_S", "LoopLag", "LoopLagMonitor", "peak_rss_bytes"]
 
@@ -69,9 +69,10 @@ class LoopLagMonitor:
         self.interval_s = interval_s
         self.report_every_s = report_every_s
         self._interval_ns = round(interval_s * NS_PER_S)
-        self._counts = [0] * (len(LAG_BUCKETS_S) + 1)
-        self._samples = 0
-        self._sum_ns = 0
+        self.histogram = Histogram(LAG_BUCKETS_S)
+        """Every wake-up's lateness (what ``/metrics`` exports)."""
+        self.last_wake_ns = perf_ns()
+        """Monotonic time of the latest wake-up: a loop that stopped turning stops moving it."""
         self._max_ns = 0
         self._over_100ms = 0
         self._window_max_ns = 0
@@ -80,9 +81,7 @@ class LoopLagMonitor:
     def record(self, lag_ns: int) -> None:
         """Count one wake-up that came ``lag_ns`` late (negative: on time)."""
         lag_ns = max(0, lag_ns)
-        self._samples += 1
-        self._sum_ns += lag_ns
-        self._counts[bisect.bisect_left(LAG_BUCKETS_S, lag_ns / NS_PER_S)] += 1
+        self.histogram.observe(lag_ns)
         if lag_ns > self._max_ns:
             self._max_ns = lag_ns
         if lag_ns > self._window_max_ns:
@@ -91,16 +90,12 @@ class LoopLagMonitor:
             self._over_100ms += 1
 
     def snapshot(self) -> LoopLag:
-        cumulative: list[int] = []
-        running = 0
-        for count in self._counts:
-            running += count
-            cumulative.append(running)
+        histogram = self.histogram
         return LoopLag(
-            samples=self._samples,
+            samples=histogram.count,
             max_s=self._max_ns / NS_PER_S,
-            sum_s=self._sum_ns / NS_PER_S,
-            buckets=cumulative,
+            sum_s=histogram.sum,
+            buckets=histogram.cumulative(),
             over_100ms=self._over_100ms,
         )
 
@@ -111,7 +106,7 @@ class LoopLagMonitor:
         while True:
             asked = perf_ns()
             await self.clock.sleep(self.interval_s)
-            woke = perf_ns()
+            woke = self.last_wake_ns = perf_ns()
             self.record(woke - asked - self._interval_ns)
             if woke >= next_report:
                 next_report = woke + report_ns

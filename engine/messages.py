@@ -667,6 +667,85 @@ class ActorStats(Event, frozen=True, kw_only=True):
     breakdown: dict[str, dict[str, int]] = {}
 
 
+# ---------------------------------------------------------------- audit records
+#
+# Why an order exists, why it was or was not let through, what an operator did. Published
+# on ``audit`` (strategy host, risk) and journaled by the audit actor (actors/audit.py),
+# not by the order manager, which stays the only writer of order records. They explain the
+# order book and are never part of it: actors/order_book.py skips them. Correlation: the
+# ``intent_id`` links a signal and its risk decision to the order manager's
+# ``OrderSubmitting``, which holds the client order id every later order record carries.
+
+
+class SignalRecorded(Event, frozen=True, kw_only=True):
+    """A strategy returned an intent: what it asked for, and the feature values that produced it."""
+
+    intent_id: str
+    strategy: str
+    symbol: str
+    side: Side
+    qty: Decimal
+    order_type: OrderType
+    limit_price: Decimal | None = None
+    features: dict[str, str]
+    """Feature name → value as an exact string: decimals as they are, floats (EMAs …) as their
+    shortest round-trip repr (``float(value)`` gives the very value the strategy compared)."""
+    trigger: str
+    """The message the strategy was reacting to (``BestBidOffer``, ``Fill`` …)."""
+    ts_trigger: int
+    """That message's event time (its ``ts_event``; its ``ts_init`` when it has none)."""
+    ts_init: int
+
+
+class RiskDecision(Event, frozen=True, kw_only=True):
+    """Risk's verdict on one intent, approved or rejected, with what the checks looked at.
+
+    Risk does not assign client order ids (the order manager does, when it journals
+    ``OrderSubmitting``): the decision links to its order through ``intent_id``.
+    """
+
+    intent_id: str
+    strategy: str
+    symbol: str
+    side: Side
+    qty: Decimal
+    approved: bool
+    reason: str = ""
+    """The rejection's stable code (``MAX_ORDER_QTY``, ``TRADING_HALTED`` …); empty when approved."""
+    detail: str = ""
+    """The rejection in words; empty when approved."""
+    reference_price: Decimal | None = None
+    """The price an approved order was checked at (None when rejected)."""
+    trading_state: TradingState
+    """The trading state the intent was checked in."""
+    inputs: dict[str, str] = {}
+    """What the checks looked at: the values compared and the limits they were compared with."""
+    ts_init: int
+
+
+class OperatorActionRecorded(Event, frozen=True, kw_only=True):
+    """An operator command (halt, resume, flatten) and risk's answer. Never holds a credential:
+    ``operator`` is who the control channel says sent it, never its token."""
+
+    action: OperatorAction
+    operator: str
+    reason: str
+    accepted: bool
+    result: str
+    """Risk's answer in words (the reply's ``detail``)."""
+    state: TradingState
+    """The trading state after the command."""
+    intents: list[str] = []
+    """Intent ids of the closing orders a flatten sent."""
+    ts_command: int
+    """When the control channel received the command."""
+    ts_init: int
+
+
+AuditRecord = SignalRecorded | RiskDecision | OperatorActionRecorded
+"""What the audit actor journals (``isinstance(record, AuditRecord)`` tells them from order records)."""
+
+
 Message = (
     ExchangeQuote
     | TradeTick
@@ -710,5 +789,8 @@ Message = (
     | RiskReport
     | StatsQuery
     | ActorStats
+    | SignalRecorded
+    | RiskDecision
+    | OperatorActionRecorded
 )
 """Every message the engine knows: ``msgspec.json.decode(data, type=Message)`` picks the class by tag."""

@@ -19,6 +19,8 @@ topic              messages                                    from → to
 ``trading.state``  TradingStateChanged                         order manager (journal) → risk, strategies
 ``trading.request`` TradingStateRequest                        risk → order manager (which journals it)
 ``account.state``  AccountState                                settlement → risk
+``audit``          SignalRecorded, RiskDecision,               strategies, risk → audit (which journals them)
+                   OperatorActionRecorded
 =================  ==========================================  ===========================
 """
 
@@ -38,3 +40,4 @@ VENUE_STATUS: Final = "venue.status"
 TRADING_STATE: Final = "trading.state"
 TRADING_REQUEST: Final = "trading.request"
 ACCOUNT_STATE: Final = "account.state"
+AUDIT: Final = "audit"

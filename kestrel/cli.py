@@ -33,6 +33,7 @@ from kestrel.chaos_cli import add_chaos_command, cmd_chaos
 from kestrel.control_cli import add_control_commands, run_control_command
 from kestrel.load_cli import add_load_command, cmd_load
 from kestrel.node import RecordPlan, SessionOptions, SessionSummary, run_live_session, run_recorder, run_replay_session
+from kestrel.tail_cli import add_tail_command, cmd_tail
 
 EXIT_USER_ERROR: Final = 2
 EXIT_GAVE_UP: Final = 3
@@ -88,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
             help="write-ahead order journal (overrides [journal] path); an existing one is recovered from",
         )
     run.add_argument("--venue-url", help="trade against a running simulator (kestrel venue) at this http://HOST:PORT")
+    run.add_argument(
+        "--http", type=_host_port, metavar="HOST:PORT",
+        help="serve /metrics, /healthz, /readyz and the control channel here (overrides [control] host and port; "
+        "loopback only; port 0 = any free port)",
+    )
     replay.add_argument(
         "files", nargs="*", type=Path, metavar="FILE",
         help="recordings to replay, merged by receive time (default: [data] files, else the bundled day)",
@@ -128,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     journal_cli.add_parser(commands)
     add_control_commands(commands)
     add_chaos_command(commands)
+    add_tail_command(commands)
     add_load_command(commands)
 
     check = commands.add_parser("check-config", help="validate a config file and print the effective config")
@@ -239,8 +246,19 @@ def cmd_venue(args: argparse.Namespace) -> int:
     return 0
 
 
+def _host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT (e.g. 127.0.0.1:9464), got {value!r}")
+    return host.strip("[]"), int(port)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args)
+    http = getattr(args, "http", None)
+    if http is not None:
+        control = msgspec.structs.replace(config.control, enabled=True, host=http[0], port=http[1])
+        config = msgspec.structs.replace(config, control=control)
     check_live_confirmation(config, args.confirm_live, os.environ)
     # Credentials are optional for the simulator, but a placeholder is refused even so.
     credentials = load_credentials(config, os.environ, required=False)
@@ -337,6 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "resume": run_control_command,
         "flatten": run_control_command,
         "chaos": _cmd_chaos,
+        "tail": cmd_tail,
         "load": _cmd_load,
     }
     log = get_logger(actor="cli")

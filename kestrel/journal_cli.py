@@ -4,6 +4,13 @@ The journal is opened read-only and without the engine's lock, so these commands
 on the journal of a running engine too (they see what it has committed so far).
 
 - ``show``: the events, one per line (``--json``: a list of objects);
+- ``show --order ID``: one order's story, ``ID`` a client order id or an intent id: the
+  signal that produced it (with its features), risk's decision, the write-ahead
+  ``OrderSubmitting``, the venue's updates and fills, the final state, and the operator
+  actions and trading-state changes journaled between its first and last record; in
+  journal (seq) order, which is the order things were journaled in (an audit record
+  normally precedes the order's records but is not guaranteed to: see actors/audit.py).
+  An id the journal does not know is a user error (exit 2);
 - ``orders``: every order as the journal derives it (client order id, venue order id,
   status, filled quantity, ...);
 - ``positions``: what the settlement ledger derives from the journal's baseline and fills:
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -28,9 +36,21 @@ import msgspec
 
 from actors.ledger import ZERO, Ledger
 from actors.order_book import SNAPSHOT_KIND, Book, BookOrder, rebuild
-from engine.clock import LiveClock
-from engine.journal import Journal
-from engine.messages import Fill, OrderAdopted, OrderSubmitting
+from engine.clock import NS_PER_S, LiveClock
+from engine.errors import UserError
+from engine.journal import Journal, JournalEntry
+from engine.messages import (
+    Fill,
+    Message,
+    OperatorActionRecorded,
+    OrderAdopted,
+    OrderReconciled,
+    OrderSubmitting,
+    OrderUpdate,
+    RiskDecision,
+    SignalRecorded,
+    TradingStateChanged,
+)
 
 EXIT_VERIFY_FAILED: Final = 1
 
@@ -50,6 +70,11 @@ def add_parser(commands: Any) -> None:
         if name == "show":
             action.add_argument("--after", type=int, default=0, metavar="SEQ", help="only events after SEQ")
             action.add_argument("--limit", type=int, default=None, metavar="N", help="at most N events")
+            action.add_argument(
+                "--order", default=None, metavar="ID",
+                help="one order's story: signal, risk decision, order events, operator actions (client order id "
+                "or intent id)",
+            )
 
 
 def cmd_journal(args: argparse.Namespace) -> int:
@@ -74,6 +99,10 @@ async def _derive(journal: Journal) -> Book:
 
 
 async def _show(args: argparse.Namespace) -> int:
+    if args.order is not None:
+        if args.after or args.limit is not None:
+            raise UserError("journal show: --order shows one order's whole story; it takes no --after or --limit")
+        return await _show_order(args.path, args.order, args.json)
     async with await Journal.open_readonly(args.path, LiveClock()) as journal:
         events: list[dict[str, Any]] = []
         count = 0
@@ -96,7 +125,10 @@ def _brief(record: dict[str, Any]) -> str:
     order = record.get("order")
     if isinstance(order, dict):
         record = {**order, **{k: v for k, v in record.items() if k != "order"}}
-    keys = ("client_order_id", "status", "side", "qty", "symbol", "price", "state", "cash", "reason")
+    keys = (
+        "client_order_id", "status", "side", "qty", "symbol", "price", "state", "cash", "reason",
+        "action", "approved", "accepted",  # audit records (the rest of them: show --order)
+    )
     return " ".join(f"{k}={record[k]}" for k in keys if record.get(k) not in (None, "", {}))
 
 
@@ -238,3 +270,167 @@ async def _verify(args: argparse.Namespace) -> int:
         for problem in problems:
             sys.stdout.write(f"  {problem}\n")
     return 0 if not problems else EXIT_VERIFY_FAILED
+
+
+# ---------------------------------------------------------------- show --order: one order's story
+
+_CONTEXT_KINDS: Final = ("OperatorActionRecorded", "TradingStateChanged")
+"""Records that name no order but may have acted on one: shown when journaled during its life."""
+
+
+def _ids_of(record: Message) -> set[str]:
+    """The correlation ids a record carries (the journal's index columns, read off the record)."""
+    if isinstance(record, OrderSubmitting | OrderAdopted):
+        return {record.order.client_order_id, record.order.intent_id}
+    ids: set[str] = set()
+    for name in ("client_order_id", "intent_id"):
+        value = getattr(record, name, None)
+        if isinstance(value, str) and value:
+            ids.add(value)
+    return ids
+
+
+async def _order_entries(journal: Journal, wanted: str) -> list[JournalEntry]:
+    """Every record correlated with ``wanted``, following the links: an intent id finds the
+    ``OrderSubmitting`` that names its client order id, which finds the venue's reports."""
+    ids = {wanted}
+    while True:
+        entries = await journal.read_correlated(ids)
+        found = set(ids)
+        for entry in entries:
+            found |= _ids_of(entry.record)
+        if found == ids:
+            return entries
+        ids = found
+
+
+async def _show_order(path: Path, wanted: str, as_json: bool) -> int:
+    async with await Journal.open_readonly(path, LiveClock()) as journal:
+        entries = await _order_entries(journal, wanted)
+        if not entries:
+            raise UserError(
+                f"{path}: no order or intent {wanted!r} in the journal "
+                "(give a client order id, as `kestrel journal orders` lists them, or an intent id)"
+            )
+        mine = {entry.seq for entry in entries}
+        context = [
+            e for e in await journal.read_kinds(_CONTEXT_KINDS, entries[0].seq, entries[-1].seq) if e.seq not in mine
+        ]
+    story = sorted([*entries, *context], key=lambda e: e.seq)
+    orders, outcome = _outcome(entries)
+    audited = (e.record for e in entries)
+    intent_ids = sorted(
+        {r.intent_id for r in audited if isinstance(r, SignalRecorded | RiskDecision)} | {o.intent_id for o in orders}
+    )
+    if as_json:
+        events = []
+        for entry in story:
+            record = msgspec.to_builtins(entry.record)
+            kind = record.pop("type", type(entry.record).__name__)
+            role = "order" if entry.seq in mine else "context"
+            events.append({"seq": entry.seq, "ts_ns": entry.ts_ns, "kind": kind, "role": role, "record": record})
+        _write_json(
+            {
+                "id": wanted,
+                "intent_ids": intent_ids,
+                "client_order_ids": [o.client_order_id for o in orders],
+                "orders": [_order_row(o) for o in orders],
+                "outcome": outcome,
+                "events": events,
+            }
+        )
+        return 0
+    out = sys.stdout
+    head = ", ".join(f"{o.client_order_id} ({o.strategy} {o.side.value} {o.qty} {o.symbol})" for o in orders)
+    out.write(f"order {head or 'none'}; intent {', '.join(intent_ids) or '-'}\n")
+    out.write(f"{'seq':>8}  {'journaled (UTC, engine clock)':<30}  {'event':<24}  what\n")
+    for entry in story:
+        mark = " " if entry.seq in mine else "*"
+        out.write(
+            f"{entry.seq:>8}  {_utc(entry.ts_ns):<30}  {mark}{type(entry.record).__name__:<23}  "
+            f"{_story_line(entry.record, intent_ids)}\n"
+        )
+    if context:
+        out.write("  * journaled while the order was alive; not the order's own record\n")
+    out.write(f"final: {outcome}\n")
+    return 0
+
+
+def _outcome(entries: list[JournalEntry]) -> tuple[list[BookOrder], str]:
+    """The orders as their records derive them (the book's own rules), and the story's end in words."""
+    book = Book()
+    decision: RiskDecision | None = None
+    signal = False
+    for entry in entries:
+        book.apply(entry.seq, entry.record)
+        if isinstance(entry.record, RiskDecision):
+            decision = entry.record
+        elif isinstance(entry.record, SignalRecorded):
+            signal = True
+    orders = sorted(book.orders.values(), key=lambda o: o.sequence)
+    if orders:
+        return orders, "; ".join(f"{o.client_order_id} {o.status.value}, {o.filled_qty} of {o.qty} filled"
+                                 for o in orders)
+    if decision is not None and not decision.approved:
+        return orders, f"rejected by risk: {decision.reason} ({decision.detail})"
+    if decision is not None:
+        return orders, "approved by risk, but no order was journaled (the order manager refused it, or stopped)"
+    if signal:
+        return orders, "no risk decision journaled"
+    return orders, "no order journaled"
+
+
+def _utc(ts_ns: int) -> str:
+    seconds, ns = divmod(ts_ns, NS_PER_S)
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%d %H:%M:%S") + f".{ns:09d}"
+
+
+def _pairs(values: dict[str, str]) -> str:
+    return " ".join(f"{k}={v}" for k, v in sorted(values.items()))
+
+
+def _story_line(record: Message, intent_ids: list[str]) -> str:
+    """One record of an order's story, in words."""
+    if isinstance(record, SignalRecorded):
+        limit = f" @ {record.limit_price}" if record.limit_price is not None else ""
+        features = _pairs(record.features) or "(none noted)"
+        return (
+            f"{record.strategy}: {record.side.value} {record.qty} {record.symbol} {record.order_type.value}{limit} "
+            f"on {record.trigger} of {_utc(record.ts_trigger)}; features: {features}"
+        )
+    if isinstance(record, RiskDecision):
+        if record.approved:
+            verdict = f"approved at {record.reference_price} (trading {record.trading_state.value})"
+        else:
+            verdict = f"rejected {record.reason}: {record.detail} (trading {record.trading_state.value})"
+        return f"{verdict}; inputs: {_pairs(record.inputs) or '-'}"
+    if isinstance(record, OrderSubmitting | OrderAdopted):
+        order = record.order
+        limit = f" @ {order.limit_price}" if order.limit_price is not None else ""
+        how = (
+            "adopted from the venue: " + record.reason
+            if isinstance(record, OrderAdopted)
+            else "write-ahead: journaled before it went to the venue"
+        )
+        return (
+            f"{order.client_order_id}: {order.side.value} {order.qty} {order.symbol} {order.order_type.value}{limit} "
+            f"{order.time_in_force.value}; {how}"
+        )
+    if isinstance(record, OrderUpdate):
+        why = f" ({record.reason})" if record.reason else ""
+        return f"{record.status.value}{why}; venue order {record.venue_order_id or '-'}"
+    if isinstance(record, OrderReconciled):
+        return f"{record.status.value}, {record.filled_qty} filled: {record.reason}"
+    if isinstance(record, Fill):
+        return f"{record.side.value} {record.qty} @ {record.price} fee {record.fee}; execution {record.execution_id}"
+    if isinstance(record, OperatorActionRecorded):
+        verdict = "accepted" if record.accepted else "refused"
+        sent = [i for i in record.intents if i in intent_ids]
+        tail = f"; sent this order ({', '.join(sent)})" if sent else ""
+        return (
+            f"operator {record.operator}: {record.action.value} ({record.reason}); {verdict}: {record.result}; "
+            f"trading {record.state.value}{tail}"
+        )
+    if isinstance(record, TradingStateChanged):
+        return f"trading {record.state.value} ({record.cause or '-'}): {record.reason}"
+    return _brief(msgspec.to_builtins(record))

@@ -6,7 +6,7 @@ supervision tree of actors and adapters, and the feed, then runs it.
 The paper session (``kestrel run``) supervises, in start order (downstream first, so
 every subscriber exists before anything upstream publishes)::
 
-    order-manager ← settlement ← venue ← risk ← strategy ← pricing ← (feed)
+    order-manager ← (audit) ← settlement ← venue ← risk ← strategy ← pricing ← (feed)
 
 under one ``one_for_one`` root supervisor. The order manager starts first: it rebuilds
 its book from the journal, and the ledger and the strategy start from that book.
@@ -21,18 +21,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hashlib
 import os
 import random
 import signal
-from collections.abc import AsyncIterable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
 
 import msgspec
 
+from actors.audit import CAPACITY as AUDIT_CAPACITY
+from actors.audit import AuditActor
 from actors.calendars import SymbolCalendars
+from actors.order_latency import OrderPathLatency
 from actors.order_manager import OrderManagerActor
 from actors.pricing import PricingActor, PricingPolicy
 from actors.risk import RiskActor
@@ -44,7 +48,7 @@ from adapters.alpaca.feed import AlpacaFeedActor
 from adapters.alpaca.rest import RestSettings
 from adapters.alpaca.venue import AlpacaVenueActor
 from adapters.alpaca_sim.cli import RunningSimulator, SimulatorConfig, start_simulator
-from adapters.control_http import ControlServer, generate_token, remove_control_file, write_control_file
+from adapters.control_http import ControlServer, Handler, generate_token, remove_control_file, write_control_file
 from adapters.lean_ticks import symbol_for
 from adapters.replay_sources import (
     LEAN_TICKS,
@@ -84,6 +88,8 @@ from engine.replay import Pacer, Recorded, ReplayResult, replay
 from engine.secrets import Secret
 from engine.supervisor import ActorSpec, Supervisor, SupervisorSpec
 from engine.supervisor import Strategy as SupervisionStrategy
+from kestrel.dashboard import announce_dashboard, dashboard_routes
+from kestrel.ops import VERSION, EngineProbe, public_routes
 from simulations.sample_data import SAMPLE_FILES
 from simulations.synthetic import SYMBOL as SYNTHETIC_SYMBOL
 from simulations.synthetic import random_walk_quotes
@@ -91,13 +97,17 @@ from simulations.synthetic import random_walk_quotes
 ALPACA_PAPER_URL = "https://paper-api.alpaca.markets"
 ALPACA_LIVE_URL = "https://api.alpaca.markets"
 ALPACA_DATA_URL = "wss://stream.data.alpaca.markets/v2/{feed}"
+ALPACA_FEEDS: Final = ("iex", "sip")
+"""Alpaca's market-data feeds: provider ``alpaca-<feed>`` (see adapters/alpaca/data_stream.py)."""
 FEED = "feed"
+"""The feed actor of ``[venue] data_feed``; another Alpaca feed's actor is ``feed-<feed>``."""
 SETTLEMENT = "settlement"
 ORDER_MANAGER = "order-manager"
 VENUE = "venue"
 RISK = "risk"
 STRATEGY = "strategy"
 PRICING = "pricing"
+AUDIT = "audit"
 
 
 class SessionSummary(msgspec.Struct, kw_only=True):
@@ -148,6 +158,10 @@ class SessionSummary(msgspec.Struct, kw_only=True):
     historical VaR / expected shortfall (95 %), working orders, paused strategies."""
     loop_lag: LoopLag | None = None
     """Live sessions: how late the event loop woke a 50 ms sleeper (max, histogram): its worst stall."""
+    provider_failovers: int = 0
+    """Times pricing moved a symbol off its ``[pricing.providers]`` primary (it went stale) ..."""
+    provider_failbacks: int = 0
+    """... and back to it (fresh again for ``failback_s``)."""
 
 
 @dataclass(frozen=True)
@@ -270,7 +284,8 @@ def strategy_factory(config: Config, name: str) -> Callable[[], Strategy]:
     return lambda: make(name, params)
 
 
-def order_manager(config: Config, journal: Journal | None) -> ActorSpec:
+def order_manager(config: Config, journal: Journal | None, latency: OrderPathLatency | None = None) -> ActorSpec:
+    """``latency``: shared by every incarnation of the actor (its histograms outlive a restart)."""
     j = config.journal
     return ActorSpec(
         ORDER_MANAGER,
@@ -282,8 +297,21 @@ def order_manager(config: Config, journal: Journal | None) -> ActorSpec:
             cash_tolerance=j.cash_tolerance,
             snapshot_every=j.snapshot_every,
             ack_sla_s=j.ack_sla_s,
+            latency=latency,
         ),
     )
+
+
+def audit(journal: Journal | None) -> list[ActorSpec]:
+    """The audit actor, which journals signals, risk decisions and operator actions (actors/audit.py).
+
+    None without a journal: there is nowhere to write them, and nobody listens on ``audit``.
+    Started right after the order manager, before anything that publishes on ``audit``.
+    """
+    if journal is None:
+        return []
+    trail = journal
+    return [ActorSpec(AUDIT, lambda: AuditActor(trail), capacity=AUDIT_CAPACITY)]
 
 
 def risk(config: Config, market_data: dict[type, Policy], *, default_calendar: str | None = None) -> ActorSpec:
@@ -366,6 +394,7 @@ def session_tree(
         "root",
         [
             order_manager(config, journal),
+            *audit(journal),
             settlement(config, journal, default_calendar=default_calendar),
             ActorSpec(VENUE, lambda: SimulatedVenue(config.venue.fee_per_share)),
             # Replays play recorded time: equity days are gated by the NYSE calendar they were
@@ -545,6 +574,8 @@ async def _summarise(
         sim_end_ns=result.last_ts_ns,
         quotes_suspicious=pricing_stats.counters.get("suspicious", 0),
         quotes_crossed=pricing_stats.counters.get("crossed", 0),
+        provider_failovers=pricing_stats.counters.get("failovers", 0),
+        provider_failbacks=pricing_stats.counters.get("failbacks", 0),
         actor_crashes=crashes,
         journal=str(journal.path) if journal is not None else None,
         trading_state=risk_report.trading_state,
@@ -566,35 +597,75 @@ def live_tree(
     symbols: list[str],
     journal: Journal | None = None,
     boot: int = 0,
+    latency: OrderPathLatency | None = None,
 ) -> SupervisorSpec:
-    """The same actors as the replay tree, with Alpaca adapters at the venue boundary."""
+    """The same actors as the replay tree, with Alpaca adapters at the venue boundary.
+
+    ``data_url`` is the stream of ``[venue] data_feed`` (``…/v2/<feed>``), read by the actor
+    ``feed``. Each other Alpaca feed ``[pricing.providers]`` names (see :func:`alpaca_feeds`)
+    gets its own actor, ``feed-<feed>``, on the sibling URL ``…/v2/<feed>``: pricing can only
+    fail over to a provider that something feeds. Trading statuses come from ``feed`` alone,
+    so risk hears each halt once, in one provider's order.
+    """
     by_symbol = conflate_by(lambda m: m.symbol)
     market_data: dict[type, Policy] = {BestBidOffer: by_symbol}
     rest = RestSettings(rate_per_minute=config.venue.rate_limit_per_minute)
     policy = pricing_policy(config)
+    default_feed = config.venue.data_feed
+    feeds = [
+        _alpaca_feed(FEED, data_url, credentials, symbols, config.venue.data_statuses)
+        if feed == default_feed
+        else _alpaca_feed(f"{FEED}-{feed}", _sibling_feed_url(data_url, feed), credentials, symbols, False)
+        for feed in alpaca_feeds(config)
+    ]
     return SupervisorSpec(
         "root",
         [
-            order_manager(config, journal),
+            order_manager(config, journal, latency),
+            *audit(journal),
             settlement(config, journal),
             ActorSpec(VENUE, lambda: AlpacaVenueActor(venue_url, credentials.key_id, credentials.secret_key, rest)),
             risk(config, market_data),
             ActorSpec(STRATEGY, lambda: StrategyActor(build_strategy, SETTLEMENT, boot)),
             ActorSpec(PRICING, lambda: PricingActor(policy)),
-            ActorSpec(
-                FEED,
-                lambda: AlpacaFeedActor(
-                    data_url,
-                    credentials.key_id,
-                    credentials.secret_key,
-                    symbols,
-                    statuses=config.venue.data_statuses,
-                ),
-            ),
+            *feeds,
         ],
         strategy=SupervisionStrategy.ONE_FOR_ONE,
         max_restarts=5,
         period_s=10.0,
+    )
+
+
+def alpaca_feeds(config: Config) -> list[str]:
+    """The Alpaca feeds a live session streams, ``[venue] data_feed`` first, then each other
+    one ``[pricing.providers]`` names; a provider there that is not ``alpaca-iex`` or
+    ``alpaca-sip`` is a :class:`ConfigError` (nothing could feed it, so its symbol could never
+    fail over). Called before anything starts, and again to build the tree."""
+    feeds: list[str] = [config.venue.data_feed]
+    problems: list[tuple[str, str]] = []
+    for symbol, pair in config.pricing.providers.items():
+        for provider in pair:
+            feed = provider.removeprefix("alpaca-")
+            if feed == provider or feed not in ALPACA_FEEDS:
+                known = ", ".join(f"alpaca-{f}" for f in ALPACA_FEEDS)
+                why = f"unknown provider {provider!r} for Alpaca market data (known: {known})"
+                problems.append((f"pricing.providers.{symbol}", why))
+            elif feed not in feeds:
+                feeds.append(feed)
+    if problems:
+        raise ConfigError("pricing", problems)
+    return feeds
+
+
+def _sibling_feed_url(data_url: str, feed: str) -> str:
+    """``…/v2/iex`` → ``…/v2/<feed>``: the last path segment names the feed (and the provider)."""
+    return data_url.rstrip("/").rsplit("/", 1)[0] + f"/{feed}"
+
+
+def _alpaca_feed(name: str, url: str, credentials: Credentials, symbols: list[str], statuses: bool) -> ActorSpec:
+    """One Alpaca feed actor's spec (a function, so each factory closes over its own URL)."""
+    return ActorSpec(
+        name, lambda: AlpacaFeedActor(url, credentials.key_id, credentials.secret_key, symbols, statuses=statuses)
     )
 
 
@@ -616,6 +687,7 @@ async def run_live_session(config: Config, options: SessionOptions, credentials:
     log = get_logger(actor="node")
     strategy_name = options.strategy or config.strategy.name
     build_strategy = strategy_factory(config, strategy_name)
+    alpaca_feeds(config)  # a provider nothing can feed is refused before a simulator or journal is opened
     files = data_files(config)
     symbols = sorted(config.data.symbols) or sorted({symbol_for(f, config.data.symbol) for f in files})
     clock = LiveClock()
@@ -653,8 +725,10 @@ async def run_live_session(config: Config, options: SessionOptions, credentials:
             venue_url = ALPACA_LIVE_URL if kind == "alpaca-live" else ALPACA_PAPER_URL
             data_url = ALPACA_DATA_URL.format(feed=config.venue.data_feed)
     journal = await open_journal(config, options, clock)
+    latency = OrderPathLatency()
+    boot = await count_boot(journal)
     root = Supervisor(
-        live_tree(config, build_strategy, venue_url, data_url, keys, symbols, journal, await count_boot(journal)),
+        live_tree(config, build_strategy, venue_url, data_url, keys, symbols, journal, boot, latency=latency),
         bus,
         clock,
         rng,
@@ -679,8 +753,19 @@ async def run_live_session(config: Config, options: SessionOptions, credentials:
         if root_task.done():
             await root_task  # raises why it could not start
         if config.control.enabled:
-            control = await start_control(config, bus, clock)
+            probe = EngineProbe(
+                bus, root, root_task, clock, lag, latency, journal,
+                addresses={
+                    "order_manager": ORDER_MANAGER, "risk": RISK, "pricing": PRICING, "venue": VENUE,
+                    "settlement": SETTLEMENT,
+                },
+                info={"version": VERSION, "mode": config.engine.mode, "run_id": config.engine.run_id},
+            )  # fmt: skip
+            routes = {**public_routes(probe), **dashboard_routes(probe, config.risk)}
+            control = await start_control(config, bus, clock, routes)
+            announce_dashboard(control.url, embedded=simulator is not None)
         report = await recover(bus, root_task, options.recovery_timeout_s)
+        freeze_startup_heap()
         signalled = asyncio.ensure_future(stop.requested.wait())
         if simulator is not None and simulator.player is not None:
             played = asyncio.ensure_future(simulator.player.done.wait())
@@ -717,11 +802,30 @@ async def run_live_session(config: Config, options: SessionOptions, credentials:
     return summary
 
 
+def freeze_startup_heap() -> None:
+    """Move everything alive after start-up out of the cyclic GC's sight (``gc.freeze``).
+
+    Start-up leaves ~100k long-lived objects (pandas and the exchange calendars, the
+    recovered book, the actors). A full collection walks them all: about 20-70 ms on this
+    hardware, and CPython starts one whenever enough objects have survived into the oldest
+    generation, so a busy engine stalled its event loop that long about once a minute
+    (``kestrel load``: 50-140 ms windows, 60 s apart). Frozen, they are never scanned;
+    what is allocated later is collected as before. Collected first, so no garbage is kept.
+    """
+    gc.collect()
+    gc.freeze()
+    get_logger(actor="node").info("startup_heap_frozen", objects=gc.get_freeze_count())
+
+
 # ---------------------------------------------------------------- operator control channel
 
 
-async def start_control(config: Config, bus: Bus, clock: LiveClock) -> ControlServer:
-    """Listen for ``kestrel halt|resume|flatten``: commands go to risk as requests.
+async def start_control(
+    config: Config, bus: Bus, clock: LiveClock, public: Mapping[str, Handler] | None = None
+) -> ControlServer:
+    """The engine's HTTP server: ``kestrel halt|resume|flatten`` (commands go to risk as
+    requests, behind a token) and the read-only ``public`` routes (``/metrics``,
+    ``/healthz``, ``/readyz``).
 
     A fresh token per session, in the control file (mode 0600) next to the URL; the file
     is removed when the session ends.
@@ -737,7 +841,7 @@ async def start_control(config: Config, bus: Bus, clock: LiveClock) -> ControlSe
         return msgspec.to_builtins(stats)  # type: ignore[no-any-return]
 
     token = generate_token()
-    server = ControlServer(dispatch, token, clock.time_ns, section.host, section.port, state)
+    server = ControlServer(dispatch, token, clock.time_ns, section.host, section.port, state, public=public)
     await server.start()
     await asyncio.to_thread(write_control_file, Path(section.file), server.url, token, os.getpid())
     get_logger(actor="node").info("control_channel_listening", url=server.url, file=section.file)

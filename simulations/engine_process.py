@@ -12,6 +12,7 @@ import contextlib
 import os
 import signal
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -55,6 +56,7 @@ class EngineProcess:
         config: Path,
         keys: EngineKeys,
         extra_env: dict[str, str] | None = None,
+        args: Sequence[str] = (),
     ) -> EngineProcess:
         """Start ``kestrel run --venue-url URL`` with ``extra_env`` (``KESTREL_FAULTS`` arms faults)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("KESTREL_")}
@@ -63,7 +65,7 @@ class EngineProcess:
         with out.open("wb") as stdout, err.open("wb") as stderr:
             proc = await asyncio.create_subprocess_exec(
                 *CLI, "run", "--venue-url", url, "--journal", str(journal), "--config", str(config),
-                "--log", str(log), "--json",
+                "--log", str(log), "--json", *args,
                 stdin=asyncio.subprocess.DEVNULL, stdout=stdout, stderr=stderr, env=env, start_new_session=True,
             )
         return cls(name, proc, log, out, err, armed=bool(extra_env))

@@ -42,6 +42,8 @@ KEYS: Final = EngineKeys("PKLOADTEST000001", "load-test-secret-0001")
 TICK_S: Final = 0.01
 """The generator's pacing step: ``rate * TICK_S`` quotes go out per tick."""
 TRADE_EVERY: Final = 10
+DRAIN_S: Final = 2.0
+"""After the last quote: how long the engine gets to read what is in flight before SIGTERM."""
 _CENT: Final = Decimal("0.01")
 _NO_LAG: Final = {"samples": 0, "max_s": 0.0, "sum_s": 0.0, "buckets": [], "over_100ms": 0}
 
@@ -233,6 +235,7 @@ async def run_load(
         sampler = asyncio.create_task(sample(), name="load-rss-sampler")
         try:
             await load.run(duration_s)
+            await clock.sleep(DRAIN_S)  # frames still on the wire or in the engine's mailboxes
         finally:
             sampler.cancel()
         code = await engine.terminate(timeout_s=60.0)

@@ -396,3 +396,66 @@ async def test_the_venue_notes_orders_accepted_while_no_trade_updates_stream_lis
     refused_status, _ = await call(http, sim, "POST", "/v2/orders", json=order_body(symbol="NOPE", client_order_id="x"))
     assert refused_status == 422 and "x" not in sim.state.accepted_without_stream  # only accepted orders count
     await ws.close()
+
+
+# ---------------------------------------------------------------- a provider goes silent
+
+
+async def open_quiet_data(sim: RunningSimulator, http: aiohttp.ClientSession,
+                          feed: str) -> aiohttp.ClientWebSocketResponse:
+    """:func:`open_data` without autoping, so the test sees the server's pongs itself."""
+    ws = await http.ws_connect(sim.data_url(feed), autoping=False)
+    assert [m["msg"] for f in (await data_frame(ws), await data_frame(ws)) for m in f] == ["connected", "authenticated"]
+    await ws.send_str(json.dumps({"action": "subscribe", "quotes": ["IBM"]}))
+    assert (await data_frame(ws))[0]["T"] == "subscription"
+    return ws
+
+
+async def test_a_silenced_feed_stays_up_and_answers_pings_but_sends_no_quotes_until_the_silence_ends(
+    sim: RunningSimulator, http: aiohttp.ClientSession
+) -> None:
+    assert sim.hub is not None
+    hub, faults = sim.hub, sim.faults
+    iex, sip = await open_quiet_data(sim, http, "iex"), await open_quiet_data(sim, http, "sip")
+
+    def publish(bid: int) -> None:
+        hub.publish_quote(make_quote(str(bid), str(bid + 1)))
+
+    with pytest.raises(ValueError, match="unknown feed"):
+        faults.silence_feed("nope", 1.0)
+    assert faults.silence_feed("iex", 0) == 0  # no silence, nothing counted
+    assert faults.silence_feed("iex", 1.5) == 1
+    assert hub.silent("iex") and not hub.silent("sip")
+    publish(1)
+    publish(2)
+    assert [m["bp"] for m in await data_frame(sip)] == [1]  # the other provider keeps quoting
+    assert [m["bp"] for m in await data_frame(sip)] == [2]
+    await iex.ping(b"still there?")
+    msg = await asyncio.wait_for(iex.receive(), 5)  # no quote first: the pong is the next frame
+    assert (msg.type, msg.data) == (aiohttp.WSMsgType.PONG, b"still there?")
+    await iex.send_str(json.dumps({"action": "subscribe", "quotes": ["AAA"]}))
+    assert (await data_frame(iex))[0]["quotes"] == ["IBM", "AAA"]  # control frames flow
+    # Reconnecting does not help: the feed is quiet, not the connection.
+    await iex.close()
+    for _ in range(100):  # its handler lets go of the (feed, key) slot, or the new one gets 406
+        if hub.subscribers("quotes", "IBM", "iex") == 0:
+            break
+        await asyncio.sleep(0.01)
+    iex = await open_quiet_data(sim, http, "iex")
+    publish(3)
+    assert [m["bp"] for m in await data_frame(sip)] == [3]
+    assert await silent(iex, 0.2)
+    assert not iex.closed
+    for _ in range(200):  # the silence ends on the simulator's clock (1.5 s)
+        if not hub.silent("iex"):
+            break
+        await asyncio.sleep(0.02)
+    assert not hub.silent("iex")
+    publish(4)
+    assert [m["bp"] for m in await data_frame(iex)] == [4]  # 1-3 never come: dropped, not queued
+    assert [m["bp"] for m in await data_frame(sip)] == [4]
+    assert hub.counters.frames_dropped_silenced == 3
+    faults.reset()
+    assert faults.injected["provider_silent"] == 1
+    for ws in (iex, sip):
+        await ws.close()

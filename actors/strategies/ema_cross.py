@@ -3,7 +3,8 @@
 On an upward cross it buys ``qty``; on a downward cross it sells what it holds. It sends
 at most one order at a time and waits for that order's outcome (fill or rejection)
 before deciding again. EMAs are float maths on the mid (features, not money); order
-quantities are exact decimals.
+quantities are exact decimals. Each intent carries, for the audit trail, the EMAs, the
+quote and the position it was decided on (:meth:`Strategy.note_features`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from actors.strategies.base import Strategy, parse_params
+from actors.strategies.base import Strategy, feature, parse_params
 from engine.messages import BestBidOffer, Fill, OrderIntent, OrderType, OrderUpdate, RiskRejected, Side
 
 
@@ -99,7 +100,8 @@ class EmaCross(Strategy):
         if state is None:
             state = self._states[bbo.symbol] = self._new_state()
         ema = state.ema
-        ema.update(float(bbo.bid_price + bbo.ask_price) / 2.0)  # the mid as a float: a feature, not money
+        ema_input = float(bbo.bid_price + bbo.ask_price) / 2.0  # the mid as a float: a feature, not money
+        ema.update(ema_input)
         if ema.count < self.params.slow:
             return []
         above = ema.fast > ema.slow
@@ -114,6 +116,22 @@ class EmaCross(Strategy):
         else:
             return []
         state.pending = intent.intent_id
+        # The audit trail: the cross and everything it was computed from (only when it trades).
+        self.note_features(
+            intent,
+            {
+                "cross": "up" if above else "down",
+                "ema_fast": feature(ema.fast),
+                "ema_slow": feature(ema.slow),
+                "fast_period": feature(self.params.fast),
+                "slow_period": feature(self.params.slow),
+                "samples": feature(ema.count),
+                "bid": feature(bbo.bid_price),
+                "ask": feature(bbo.ask_price),
+                "mid": feature(ema_input),
+                "position": feature(state.position),
+            },
+        )
         return [intent]
 
     def _new_state(self) -> _SymbolState:

@@ -38,7 +38,7 @@ from typing import Any, Final
 
 import msgspec
 
-from actors.strategies.base import Strategy, parse_params
+from actors.strategies.base import Strategy, feature, parse_params
 from engine.messages import BestBidOffer, Fill, OrderIntent, OrderType, Side
 
 PASSIVE: Final = Decimal("0.99")
@@ -100,7 +100,17 @@ class FatFinger(Strategy):
         name = _SCRIPT[self.step]
         self.step += 1
         self.steps_taken.append(name)
-        return getattr(self, f"_{name}")(bbo, now_ns)  # type: ignore[no-any-return]
+        intents: list[OrderIntent] = getattr(self, f"_{name}")(bbo, now_ns)
+        # The audit trail: which step of the script, and the quote and position it was priced off.
+        features = {
+            "step": name,
+            "bid": feature(bbo.bid_price),
+            "ask": feature(bbo.ask_price),
+            "position": feature(self.position),
+        }
+        for intent in intents:
+            self.note_features(intent, features)
+        return intents
 
     # ------------------------------------------------------------ the script
 

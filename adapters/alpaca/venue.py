@@ -37,7 +37,7 @@ from adapters.alpaca.rest import AlpacaRest, RestSettings
 from adapters.alpaca.trade_stream import TradeUpdatesStream
 from engine import crashpoints, topics
 from engine.actor import Actor
-from engine.breaker import BreakerOpen, BreakerState
+from engine.breaker import BREAKER_CODES, BreakerOpen, BreakerState
 from engine.messages import (
     ActorStats,
     CancelOrder,
@@ -214,7 +214,10 @@ class AlpacaVenueActor(Actor):
         elif kind is VenueSnapshotQuery:
             return await self._snapshot(message)
         elif kind is StatsQuery:
-            return ActorStats(counters={**self.counters, **self.rest.counters, **self.stream.counters})
+            return ActorStats(
+                counters={**self.counters, **self.rest.counters, **self.stream.counters},
+                breakdown={"breaker_state": {name: BREAKER_CODES[b.state] for name, b in self.rest.breakers.items()}},
+            )
         elif kind is _StreamFailed:
             raise message.error
         else:

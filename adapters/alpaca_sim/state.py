@@ -213,6 +213,13 @@ class Faults:
       subscribers still holds one.
     - :meth:`disconnect_market_data` [``md_stream_drop``, per call]: drops every
       market-data websocket abruptly.
+    - :meth:`silence_feed` [``provider_silent``, per call]: one feed (``iex`` or ``sip``)
+      goes quiet for ``seconds`` of engine clock: its connections stay open, answer pings
+      and get control frames, but no quote/trade frames (dropped, not queued), and a
+      connection made meanwhile is just as quiet. A provider with an outage upstream looks
+      like this: nothing a client can see at the socket says it is down, so only the
+      absence of data can (pricing's freshness SLA). The other feeds are untouched;
+      :meth:`reset` does not end a silence.
 
     Both websockets:
 
@@ -250,6 +257,7 @@ class Faults:
         self._disconnectors: list[Callable[[], int]] = []
         self._md_disconnectors: list[Callable[[], Awaitable[int]]] = []
         self._stall_targets: list[Callable[[int], int]] = []
+        self._silence_targets: list[Callable[[str, int], int]] = []
 
     def count(self, kind: str, n: int = 1) -> None:
         """Record ``n`` injected faults of ``kind``."""
@@ -344,6 +352,11 @@ class Faults:
         returns how many connections it stalled (both websocket hubs register)."""
         self._stall_targets.append(stall)
 
+    def add_silence_target(self, silence: Callable[[str, int], int]) -> None:
+        """Register what :meth:`silence_feed` calls with the feed and the silence's end (epoch
+        ns); it returns how many of that feed's connections are open (the market-data hub does)."""
+        self._silence_targets.append(silence)
+
     async def disconnect_streams(self) -> int:
         """Abort every trade-updates websocket without a close handshake; returns how many."""
         self.count("stream_drop")
@@ -368,6 +381,19 @@ class Faults:
         until_ns = self._clock.time_ns() + round(seconds * NS_PER_S)
         return sum(stall(until_ns) for stall in self._stall_targets)
 
+    def silence_feed(self, feed: str, seconds: float) -> int:
+        """Silence market-data feed ``feed`` for ``seconds`` of engine clock; returns how many of
+        its connections were open (all of them go quiet, and new ones too). See the class
+        docstring. An unknown feed is a ``ValueError`` from the hub, before anything is counted."""
+        if self._clock is None:
+            raise RuntimeError("silence_feed needs the faults' clock")
+        if not seconds > 0:
+            return 0
+        until_ns = self._clock.time_ns() + round(seconds * NS_PER_S)
+        silenced = sum(silence(feed, until_ns) for silence in self._silence_targets)
+        self.count("provider_silent")
+        return silenced
+
     def next_md_fault(self, can_reorder: bool) -> str | None:
         """The fault for the next market-data frame, consumed and counted: ``"drop"``,
         ``"duplicate"``, ``"reorder"`` (only when ``can_reorder``) or None."""
@@ -386,7 +412,7 @@ class Faults:
         return None
 
     def reset(self) -> None:
-        """Every fault off (held and held-back trade updates are delivered; a stall runs on)."""
+        """Every fault off (held and held-back trade updates are delivered; a stall or a silence runs on)."""
         self.drop_submit_response_next = 0
         self.fail_next.clear()
         self.delay_response_s = 0.0
