@@ -397,7 +397,7 @@ class OrderManagerActor(Actor):
             return
         crashpoints.hit("order.after_commit_before_send")
         self.counters["submitted"] += 1
-        self.latency.sent(client_order_id, self.ctx.clock.time_ns())
+        self.latency.sent(client_order_id, self.ctx.clock.time_ns(), intent.ts_trigger)
         await self.ctx.publish(topics.VENUE_COMMAND, order)
         self._arm_watchdog(unacknowledged=True)
 

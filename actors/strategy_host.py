@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
 from actors.strategies.base import Strategy
 from engine import topics
 from engine.actor import Actor
@@ -103,8 +105,11 @@ class StrategyActor(Actor):
         features = strategy.take_features()
         ts_trigger = _event_time(message)
         trigger = kind.__name__
+        priced_ns = message.ts_init if kind is BestBidOffer else message.ts_recv if kind is TradeTick else 0
         for intent in intents:
             self.intents += 1
+            if priced_ns:
+                intent = msgspec.structs.replace(intent, ts_trigger=priced_ns)
             signal = SignalRecorded(
                 intent_id=intent.intent_id,
                 strategy=intent.strategy,

@@ -221,6 +221,9 @@ class OrderIntent(Event, frozen=True, kw_only=True):
     limit_price: Decimal | None = None
     time_in_force: TimeInForce = TimeInForce.DAY
     ts_init: int
+    ts_trigger: int = 0
+    """Engine-clock time the market data behind it was priced (its ``ts_init``; set by the
+    strategy host): where ``kestrel_tick_to_order_seconds`` starts. 0: not market data."""
 
 
 class RiskRejected(Event, frozen=True, kw_only=True):

@@ -167,6 +167,10 @@ async def test_a_running_engine_through_metrics_health_and_readiness(
                 assert types[gauge] == "gauge", gauge
             assert _value(families, "kestrel_orders_total", outcome="submitted") > 0
             assert _value(families, "kestrel_ack_to_fill_seconds_count") > 0
+            # Every order so far came from a quote: each was timed from it.
+            ticked = _value(families, "kestrel_tick_to_order_seconds_count")
+            assert 0 < ticked <= _value(families, "kestrel_orders_total", outcome="submitted")
+            assert _value(families, "kestrel_tick_to_order_seconds_bucket", le="0.25") == ticked  # well under 250 ms
             assert _value(families, "kestrel_journal_rows_total") > 0
             assert _value(families, "kestrel_trading_state", state="active") == 1
             assert _value(families, "kestrel_breaker_state", breaker="orders") == 0
