@@ -112,7 +112,7 @@ REC = Recorder()
 
 
 class EveryKth(Strategy):
-    """A market order of one share on every k-th quote; the quote number rides in the intent id."""
+    """A market buy of one share on every k-th quote; the quote number rides in the intent id."""
 
     name = "bench"
 
@@ -131,7 +131,7 @@ class EveryKth(Strategy):
                 intent_id=f"{self.intent_prefix}-q{seq}",
                 strategy=self.name,
                 symbol=bbo.symbol,
-                side=Side.BUY if self.sent % 2 else Side.SELL,
+                side=Side.BUY,  # always buying: a sell could cross our own working buy (SELF_TRADE)
                 qty=Decimal(1),
                 order_type=OrderType.MARKET,
                 ts_init=now_ns,
@@ -329,7 +329,12 @@ async def run_once(seconds: float, rate: int, every: int, pin: bool, journal_dir
     clock = LiveClock()
     venue = await VenueProcess.start(1 if pin else None)
     config = Config(
-        risk=RiskSection(max_order_qty=Decimal(1_000), max_order_notional=Decimal(1_000_000_000)),
+        # The benchmark sends 100 market orders a second by design: the guards against a
+        # strategy doing that by mistake (duplicates, order rate, runaway pause) are off here.
+        risk=RiskSection(
+            max_order_qty=Decimal(1_000), max_order_notional=Decimal(1_000_000_000), duplicate_window_s=0.0,
+            max_orders_per_s=None, runaway_intents_per_s=None,
+        ),
         venue=VenueSection(rate_limit_per_minute=RATE_LIMIT_PER_MINUTE, starting_cash=STARTING_CASH),
     )
     creds = Credentials(Secret(KEY_ID), Secret(SECRET_KEY), source="benchmark")
