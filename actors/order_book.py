@@ -21,17 +21,20 @@ import msgspec
 from engine.journal import Journal
 from engine.messages import (
     AccountBaseline,
-    AuditRecord,
     Fill,
     Message,
+    OperatorActionRecorded,
     OrderAdopted,
     OrderReconciled,
     OrderStatus,
     OrderSubmitting,
     OrderType,
     OrderUpdate,
+    RiskDecision,
     RiskRejected,
+    RunManifest,
     Side,
+    SignalRecorded,
     SubmitOrder,
     TimeInForce,
     TradingState,
@@ -131,9 +134,9 @@ class Book(msgspec.Struct, kw_only=True, array_like=True, dict=True):
             self.trading_reason = record.reason
         elif isinstance(record, RiskRejected):
             self.risk_rejections += 1
-        elif isinstance(record, AuditRecord):
-            # The audit trail (signals, risk decisions, operator actions) explains the book and is
-            # not part of it; it is written by another actor, between the order manager's records.
+        elif isinstance(record, (SignalRecorded, RiskDecision, OperatorActionRecorded, RunManifest)):
+            # The audit trail (signals, risk decisions, operator actions) and the run manifest explain
+            # the book and are not part of it; others write them, between the order manager's records.
             # Not even ``last_seq`` moves: the book the journal re-derives is then the very book
             # the order manager held live, and its snapshot seq is always one of its own records.
             return

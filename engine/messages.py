@@ -746,6 +746,42 @@ class OperatorActionRecorded(Event, frozen=True, kw_only=True):
 
 
 AuditRecord = SignalRecorded | RiskDecision | OperatorActionRecorded
+
+
+class DataFileDigest(msgspec.Struct, frozen=True, kw_only=True):
+    path: str
+    bytes: int
+    sha256: str
+
+
+class RunManifest(Event, frozen=True, kw_only=True):
+    """What a run was made of, journaled first at every start (``kestrel journal show --manifest``).
+
+    Enough to reproduce it or to tell two runs apart: the code (version and source
+    revision), the effective config (canonical JSON and its sha256), the data files with
+    their hashes, every seed, and the feature pipeline's hash. Never a credential: the
+    config holds none (keys come from the environment or a secrets file, named by path).
+    """
+
+    run_id: str
+    mode: str
+    """``replay``, ``paper`` or ``live``."""
+    boot: int
+    """This start's number on the journal (1, 2, ...); 0 without a journal."""
+    version: str
+    source_revision: str
+    """``git`` commit of the source tree (``+dirty`` with uncommitted changes); ``unknown`` outside a checkout."""
+    python: str
+    platform: str
+    config_sha256: str
+    config_json: str
+    """The effective config (profile applied), as canonical JSON with sorted keys."""
+    data_files: list[DataFileDigest]
+    seeds: dict[str, int]
+    pipeline_hash: str = ""
+    """The feature pipeline's hash; empty while no strategy declares features."""
+    strategy: str
+    ts_init: int
 """What the audit actor journals (``isinstance(record, AuditRecord)`` tells them from order records)."""
 
 
@@ -795,5 +831,6 @@ Message = (
     | SignalRecorded
     | RiskDecision
     | OperatorActionRecorded
+    | RunManifest
 )
 """Every message the engine knows: ``msgspec.json.decode(data, type=Message)`` picks the class by tag."""

@@ -48,6 +48,7 @@ from engine.messages import (
     OrderSubmitting,
     OrderUpdate,
     RiskDecision,
+    RunManifest,
     SignalRecorded,
     TradingStateChanged,
 )
@@ -70,6 +71,10 @@ def add_parser(commands: Any) -> None:
         if name == "show":
             action.add_argument("--after", type=int, default=0, metavar="SEQ", help="only events after SEQ")
             action.add_argument("--limit", type=int, default=None, metavar="N", help="at most N events")
+            action.add_argument(
+                "--manifest", action="store_true",
+                help="the run manifest of every start: code, config hash, data files with hashes, seeds",
+            )
             action.add_argument(
                 "--order", default=None, metavar="ID",
                 help="one order's story: signal, risk decision, order events, operator actions (client order id "
@@ -99,6 +104,10 @@ async def _derive(journal: Journal) -> Book:
 
 
 async def _show(args: argparse.Namespace) -> int:
+    if args.manifest:
+        if args.order is not None or args.after or args.limit is not None:
+            raise UserError("journal show: --manifest takes no --order, --after or --limit")
+        return await _show_manifests(args.path, args.json)
     if args.order is not None:
         if args.after or args.limit is not None:
             raise UserError("journal show: --order shows one order's whole story; it takes no --after or --limit")
@@ -130,6 +139,30 @@ def _brief(record: dict[str, Any]) -> str:
         "action", "approved", "accepted",  # audit records (the rest of them: show --order)
     )
     return " ".join(f"{k}={record[k]}" for k in keys if record.get(k) not in (None, "", {}))
+
+
+async def _show_manifests(path: Path, as_json: bool) -> int:
+    """Every start's :class:`~engine.messages.RunManifest`, oldest first."""
+    async with await Journal.open_readonly(path, LiveClock()) as journal:
+        entries = await journal.read_kinds(["RunManifest"], 1, journal.last_seq)
+    manifests = [(entry.seq, entry.record) for entry in entries if isinstance(entry.record, RunManifest)]
+    if as_json:
+        _write_json([{"seq": seq, **msgspec.to_builtins(m)} for seq, m in manifests])
+        return 0
+    if not manifests:
+        sys.stdout.write("no run manifest in this journal (written by Kestrel since the manifest was added)\n")
+        return 0
+    for seq, m in manifests:
+        sys.stdout.write(
+            f"boot {m.boot} (seq {seq}): {m.mode} run {m.run_id!r}, strategy {m.strategy}\n"
+            f"  code     kestrel {m.version}, source {m.source_revision}, Python {m.python} on {m.platform}\n"
+            f"  config   sha256 {m.config_sha256}\n"
+            f"  seeds    {', '.join(f'{k}={v}' for k, v in sorted(m.seeds.items()))}\n"
+            f"  pipeline {m.pipeline_hash or '(no features declared)'}\n"
+        )
+        for d in m.data_files:
+            sys.stdout.write(f"  data     {d.sha256}  {d.bytes:>12,} B  {d.path}\n")
+    return 0
 
 
 def _order_row(order: BookOrder) -> dict[str, Any]:

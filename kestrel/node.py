@@ -80,6 +80,7 @@ from engine.messages import (
     RecoveryReport,
     RiskReport,
     RiskReportQuery,
+    RunManifest,
     StatsQuery,
     TradingState,
 )
@@ -89,6 +90,7 @@ from engine.secrets import Secret
 from engine.supervisor import ActorSpec, Supervisor, SupervisorSpec
 from engine.supervisor import Strategy as SupervisionStrategy
 from kestrel.dashboard import announce_dashboard, dashboard_routes
+from kestrel.manifest import build_manifest
 from kestrel.ops import VERSION, EngineProbe, public_routes
 from simulations.sample_data import SAMPLE_FILES
 from simulations.synthetic import SYMBOL as SYNTHETIC_SYMBOL
@@ -156,6 +158,8 @@ class SessionSummary(msgspec.Struct, kw_only=True):
     risk: RiskReport | None = None
     """Risk's figures at the end: exposure, leverage, concentration, daily P&L, drawdown,
     historical VaR / expected shortfall (95 %), working orders, paused strategies."""
+    manifest: RunManifest | None = None
+    """What the run was made of: code, config, data files with hashes, seeds (also journaled first)."""
     loop_lag: LoopLag | None = None
     """Live sessions: how late the event loop woke a 50 ms sleeper (max, histogram): its worst stall."""
     provider_failovers: int = 0
@@ -263,11 +267,18 @@ def _opaque(value: object) -> str:
 
 
 async def journal_digest(path: Path, clock: LiveClock | SimClock) -> str:
-    """sha256 of a closed journal's events (seq, ts, record), not of its file: SQLite pages are not reproducible."""
+    """sha256 of a closed journal's events (seq, ts, record), not of its file: SQLite pages are not reproducible.
+
+    The run manifest is left out: it describes where the run happened (paths, source
+    revision, Python) rather than what it did, and two equal runs from different
+    checkouts must still digest the same.
+    """
     digest = hashlib.sha256()
     encode = msgspec.json.Encoder().encode
     async with await Journal.open_readonly(path, clock) as reader:
         async for entry in reader.read():
+            if isinstance(entry.record, RunManifest):
+                continue
             digest.update(encode(entry))
             digest.update(b"\n")
     return digest.hexdigest()
@@ -417,6 +428,32 @@ async def open_journal(config: Config, options: SessionOptions, clock: LiveClock
     return await Journal.open(path, clock, Durability(config.journal.durability))
 
 
+async def start_manifest(
+    config: Config,
+    files: Sequence[Path],
+    strategy: str,
+    boot: int,
+    clock: LiveClock | SimClock,
+    journal: Journal | None,
+    *,
+    mode: str,
+) -> RunManifest:
+    """Build the run manifest, journal it (before any order record of this start) and log its hashes."""
+    manifest = await build_manifest(config, files, mode=mode, strategy=strategy, boot=boot, now_ns=clock.time_ns())
+    if journal is not None:
+        await journal.write(manifest)
+    get_logger(actor="node").info(
+        "run_manifest",
+        boot=boot,
+        version=manifest.version,
+        source_revision=manifest.source_revision,
+        config_sha256=manifest.config_sha256,
+        data_files={d.path: d.sha256 for d in manifest.data_files},
+        seeds=manifest.seeds,
+    )
+    return manifest
+
+
 async def count_boot(journal: Journal | None) -> int:
     """This start's number on the journal (1, 2, ...; 0 without one): it keeps intent ids unique."""
     if journal is None:
@@ -466,6 +503,7 @@ async def run_replay_session(config: Config, options: SessionOptions) -> Session
     bus = EventLogBus()
     journal = await open_journal(config, options, clock)
     boot = await count_boot(journal)
+    manifest = await start_manifest(config, files, strategy_name, boot, clock, journal, mode="replay")
     root = Supervisor(
         session_tree(
             config, build_strategy, journal, boot, default_calendar="24/7" if options.synthetic is not None else "XNYS"
@@ -518,6 +556,7 @@ async def run_replay_session(config: Config, options: SessionOptions) -> Session
         summary.startup_s = round(startup_s, 3)
         summary.input_errors = dict(sorted(errors.counts.items()))
         summary.input_error_samples = list(errors.samples)
+        summary.manifest = manifest
     finally:
         root_task.cancel()
         await asyncio.gather(root_task, return_exceptions=True)
@@ -530,7 +569,11 @@ async def run_replay_session(config: Config, options: SessionOptions) -> Session
         log.warning("replay_input_errors", counts=summary.input_errors, first=str(errors.samples[0].file))
     log.info(
         "session_finished",
-        **{k: v for k, v in msgspec.to_builtins(summary).items() if k not in ("data_files", "input_error_samples")},
+        **{
+            k: v
+            for k, v in msgspec.to_builtins(summary).items()
+            if k not in ("data_files", "input_error_samples", "manifest")
+        },
     )
     return summary
 
@@ -727,6 +770,7 @@ async def run_live_session(config: Config, options: SessionOptions, credentials:
     journal = await open_journal(config, options, clock)
     latency = OrderPathLatency()
     boot = await count_boot(journal)
+    manifest = await start_manifest(config, files, strategy_name, boot, clock, journal, mode=config.engine.mode)
     root = Supervisor(
         live_tree(config, build_strategy, venue_url, data_url, keys, symbols, journal, boot, latency=latency),
         bus,
@@ -787,6 +831,7 @@ async def run_live_session(config: Config, options: SessionOptions, credentials:
             bus, root, config, strategy_name, files, result, wall_s, config.engine.mode, report=report, journal=journal
         )
         summary.loop_lag = lag.snapshot()
+        summary.manifest = manifest
     finally:
         lag_task.cancel()
         stop.remove()

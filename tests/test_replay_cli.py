@@ -43,6 +43,10 @@ async def test_the_same_seed_gives_the_same_event_log_and_journal_in_process_and
     )
     assert code == 0, err
     summaries = [msgspec.to_builtins(r) for r in runs] + [fresh]
+    manifests = [s.pop("manifest") for s in summaries]
+    # The manifests differ only where the configs do (the CLI's resolves paths from its file).
+    assert len({(m["seeds"]["engine"], m["source_revision"], m["strategy"]) for m in manifests}) == 1
+    assert manifests[0]["config_sha256"] == manifests[1]["config_sha256"] != manifests[2]["config_sha256"]
     for s in summaries:
         del s["wall_s"], s["ticks_per_s"], s["startup_s"], s["journal"]
     assert summaries[0] == summaries[1] == summaries[2]
