@@ -750,6 +750,7 @@ async def run_live_session(config: Config, options: SessionOptions, credentials:
                 seed=config.engine.seed,
                 starting_cash=config.venue.starting_cash,
                 rate_limit_per_minute=max(config.venue.rate_limit_per_minute, 200),
+                hold_feed=True,  # played once the engine has recovered and subscribed: not a quote lost
             ),
             clock,
         )
@@ -810,6 +811,8 @@ async def run_live_session(config: Config, options: SessionOptions, credentials:
             announce_dashboard(control.url, embedded=simulator is not None)
         report = await recover(bus, root_task, options.recovery_timeout_s)
         freeze_startup_heap()
+        if simulator is not None and simulator.player is not None:
+            simulator.start_feed()
         signalled = asyncio.ensure_future(stop.requested.wait())
         if simulator is not None and simulator.player is not None:
             played = asyncio.ensure_future(simulator.player.done.wait())

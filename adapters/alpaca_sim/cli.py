@@ -88,6 +88,9 @@ class SimulatorConfig(msgspec.Struct, kw_only=True):
     exit_when_done: bool = False
     expire_day_orders_at_end: bool = True
     market_data: bool = True
+    hold_feed: bool = False
+    """Do not start replaying until :meth:`RunningSimulator.start_feed` (the embedded demo
+    waits for its engine to subscribe, so no quote is played to nobody)."""
     """Serve the market-data websocket (``/v2/{feed}``)."""
 
     def __repr__(self) -> str:
@@ -206,6 +209,13 @@ class RunningSimulator:
             await self.state.clock.sleep(downtime_s)
         await self.start_serving()
 
+    def start_feed(self) -> None:
+        """Start replaying the recording (once; a simulator built with ``hold_feed``)."""
+        if self.player is None:
+            raise RuntimeError("this simulator has no recording to play")
+        if self.player_task is None:
+            self.player_task = asyncio.create_task(self.player.run(), name="alpaca-sim-feed")
+
     @property
     def faults(self) -> Faults:
         return self.state.faults
@@ -264,7 +274,8 @@ async def start_simulator(config: SimulatorConfig, clock: Clock) -> RunningSimul
             config.speed,
             expire_day_orders_at_end=config.expire_day_orders_at_end,
         )
-        player_task = asyncio.create_task(player.run(), name="alpaca-sim-feed")
+        if not config.hold_feed:
+            player_task = asyncio.create_task(player.run(), name="alpaca-sim-feed")
     log.info("simulator_started", url=url, feed_files=len(config.feed_files), seed=config.seed)
     return RunningSimulator(url, state, player, hub, runner, player_task, site, listen_host=config.host)
 
