@@ -834,6 +834,34 @@ async def test_fill_missed_while_socket_down_is_booked_once_by_catch_up(sim: Run
         assert sim.state.position_qty(SYMBOL) == sum((f.qty for f in fills), D(0))
 
 
+async def test_a_failed_catch_up_keeps_the_stream_down_until_the_fill_is_found(sim: RunningSimulator) -> None:
+    """Found by the chaos soak: a catch-up lookup failed (5xx, breaker open), the stream went
+    live anyway, and the fill made while it was down was never booked."""
+    quote(sim)
+    async with Session(sim) as session:
+        sim.faults.hold_trade_updates = True
+        cid = await session.buy("10")
+        await eventually(lambda: bool(venue_orders(sim, cid)) and venue_orders(sim, cid)[0].status == "filled",
+                         what="venue fill")
+        previous = session.venue.stream.counters["reconnects"]
+        sim.faults.fail_next = [503] * 12  # the catch-up's lookups (and their retries) fail for a while
+        await sim.faults.disconnect_streams()
+        sim.faults.discard_held_trade_updates()
+        sim.faults.hold_trade_updates = False
+        await eventually(lambda: session.venue.counters["catchup_incomplete"] >= 1, what="a failed catch-up")
+        assert session.filled_qty() == D(0)
+        stream = session.venue.stream
+        # Live again only after a catch-up that found the order (the queries breaker stays open ~5 s).
+        await eventually(
+            lambda: stream.counters["reconnects"] > previous + 1 and stream.live.is_set(), timeout_s=30.0,
+            what="reconnect with a complete catch-up",
+        )
+        await eventually(lambda: session.filled_qty() == D(10), what="catch-up fill")
+        fills = await session.fills()
+        assert [(f.client_order_id, f.qty) for f in fills] == [(cid, D(10))]
+        assert sim.state.position_qty(SYMBOL) == D(10)
+
+
 async def test_held_updates_released_after_catch_up_are_not_booked_twice(sim: RunningSimulator) -> None:
     quote(sim, size=4)  # only 4 of 10 available: a partial fill while the socket is down
     async with Session(sim) as session:

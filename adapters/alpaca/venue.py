@@ -32,7 +32,13 @@ from decimal import Decimal
 from typing import Any, Final
 
 from adapters.alpaca import wire
-from adapters.alpaca.errors import AlpacaError, AmbiguousOutcome, AuthenticationFailed, PermanentError
+from adapters.alpaca.errors import (
+    AlpacaError,
+    AmbiguousOutcome,
+    AuthenticationFailed,
+    PermanentError,
+    TransientError,
+)
 from adapters.alpaca.rest import AlpacaRest, RestSettings
 from adapters.alpaca.trade_stream import TradeUpdatesStream
 from engine import crashpoints, topics
@@ -106,6 +112,7 @@ class AlpacaVenueActor(Actor):
             "refused_breaker": 0,
             "ambiguous": 0,
             "catchup_fills": 0,
+            "catchup_incomplete": 0,
             "stale_snapshots": 0,
         }
         self.rest: AlpacaRest
@@ -379,16 +386,29 @@ class AlpacaVenueActor(Actor):
         )
 
     async def _catch_up(self) -> None:
-        """After a reconnect: every order we still consider working, as the venue has it now."""
+        """After a reconnect: every order we still consider working, as the venue has it now.
+
+        The stream goes live only once every lookup has succeeded. A lookup that fails (a 5xx,
+        an open breaker) may hide a fill made while we were away; going live anyway would
+        lose it for good, since the venue never sends that trade update again (found by the
+        1,000-seed chaos soak: a sell journaled "filled" with 400 of 500 booked). So a failed
+        catch-up fails the session: the stream reconnects with backoff and catches up again,
+        and meanwhile no order is sent.
+        """
         working = [cid for cid, t in self.orders.items() if not t.status.is_terminal]
+        failed: list[str] = []
         for client_order_id in working:
             try:
                 order = await self.rest.find_order(client_order_id)
             except (AlpacaError, BreakerOpen, RateLimited) as exc:
                 self.ctx.log.error("catch_up_lookup_failed", client_order_id=client_order_id, error=str(exc))
+                failed.append(client_order_id)
                 continue
             if order is not None:
                 await self._apply_order(order)
+        if failed:
+            self.counters["catchup_incomplete"] += 1
+            raise TransientError(f"catch-up incomplete: {len(failed)} of {len(working)} working orders not looked up")
         self.ctx.log.info("trade_updates_caught_up", orders=len(working))
 
 
