@@ -54,6 +54,7 @@ from actors.order_latency import OrderPathLatency
 from engine import crashpoints, topics
 from engine.actor import Actor
 from engine.clock import NS_PER_S
+from engine.errors import KestrelError
 from engine.journal import Journal, JournalError
 from engine.messages import (
     AccountBaseline,
@@ -137,6 +138,13 @@ class _ReportNotJournaled:
 
 
 _TICK: Final = _WatchdogTick()
+RECOVERY_RETRY_FIRST_S: Final = 0.5
+RECOVERY_RETRY_CAP_S: Final = 5.0
+"""Backoff while the venue cannot answer recovery's questions (doubling from the first)."""
+
+
+class RecoveryFailed(KestrelError):
+    """Recovery could not get a view of the venue in time: the engine must not trade."""
 
 
 class OrderManagerActor(Actor):
@@ -571,6 +579,31 @@ class OrderManagerActor(Actor):
 
     # ------------------------------------------------------------ recovery
 
+    async def _venue_snapshot(self) -> VenueSnapshot:
+        """The venue's view for recovery, asked again with backoff while the venue is unavailable.
+
+        Gives up with :class:`RecoveryFailed` after ``recovery_timeout_s`` of unavailability:
+        an engine that cannot reconcile must not trade, and says so rather than hang.
+        """
+        assert self.venue_address is not None
+        clock = self.ctx.clock
+        deadline = clock.time_ns() + round(self.recovery_timeout_s * NS_PER_S)
+        delay_s = RECOVERY_RETRY_FIRST_S
+        while True:
+            ask = [o.client_order_id for o in self.book.working()]
+            query = VenueSnapshotQuery(client_order_ids=ask, prefix=f"{self.prefix}-", ts_init=clock.time_ns())
+            snapshot: VenueSnapshot = await self.ctx.request(self.venue_address, query, self.recovery_timeout_s)
+            if not snapshot.unavailable:
+                return snapshot
+            if clock.time_ns() + round(delay_s * NS_PER_S) > deadline:
+                raise RecoveryFailed(
+                    f"the venue stayed unavailable for {self.recovery_timeout_s:g} s during recovery: "
+                    f"{snapshot.unavailable}"
+                )
+            self.ctx.log.warning("recovery_venue_unavailable", retry_in_s=delay_s, error=snapshot.unavailable)
+            await clock.sleep(delay_s)
+            delay_s = min(delay_s * 2, RECOVERY_RETRY_CAP_S)
+
     async def _recover(self) -> RecoveryReport:
         book = self.book
         known = len(book.orders)
@@ -582,9 +615,7 @@ class OrderManagerActor(Actor):
         checked = 0
         mismatches: list[str] = []
         for attempt in range(1, self.recovery_attempts + 1):
-            ask = [o.client_order_id for o in book.working()]
-            query = VenueSnapshotQuery(client_order_ids=ask, prefix=f"{self.prefix}-", ts_init=self.ctx.clock.time_ns())
-            snapshot: VenueSnapshot = await self.ctx.request(self.venue_address, query, self.recovery_timeout_s)
+            snapshot = await self._venue_snapshot()
             crashpoints.hit("recovery.midway")
             checked += len(snapshot.orders)
             fresh_baseline = book.baseline is None

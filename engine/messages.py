@@ -155,6 +155,31 @@ class BestBidOffer(Event, frozen=True, kw_only=True):
         return (self.bid_price + self.ask_price) / 2
 
 
+class Bar(Event, frozen=True, kw_only=True):
+    """A time bar of one symbol, built by the pricing actor from what it published (``md.bar``).
+
+    It covers event time ``[start_ns, end_ns)``, aligned to ``interval_s`` on the epoch.
+    From trades when the interval had any: open/high/low/close are trade prices, ``volume``
+    the summed sizes, ``trades`` their count. An interval with quotes but no trade gives a
+    *quote bar*: OHLC of the mid, ``volume`` 0 and ``trades`` 0 (``trades == 0`` is the flag).
+    ``provider`` is the provider of the last event folded in. See actors/pricing.py for when
+    a bar closes.
+    """
+
+    symbol: str
+    interval_s: int
+    open: Decimal
+    high: Decimal
+    low: Decimal
+    close: Decimal
+    volume: Decimal
+    trades: int
+    start_ns: int
+    end_ns: int
+    provider: str
+    ts_init: int
+
+
 
 class FeedState(Event, frozen=True, kw_only=True):
     """A feed adapter's connection to its provider went up or down (feed adapters → pricing)."""
@@ -486,6 +511,9 @@ class VenueSnapshot(Event, frozen=True, kw_only=True):
     """Signed quantities; None when the venue cannot say (the in-process replay venue)."""
     cash: Decimal | None
     ts_init: int
+    unavailable: str = ""
+    """Why the venue could not be asked just now (a 5xx or 429 storm, an open breaker); when
+    set, nothing above is meaningful and the requester asks again later."""
 
 
 class Recover(Event, frozen=True, kw_only=True):
@@ -789,6 +817,7 @@ Message = (
     ExchangeQuote
     | TradeTick
     | BestBidOffer
+    | Bar
     | FeedState
     | SymbolTradingStatus
     | MarketDataStatus

@@ -55,6 +55,8 @@ from engine.messages import (
     Side,
     StatsQuery,
     TimeInForce,
+    VenueSnapshot,
+    VenueSnapshotQuery,
 )
 from engine.secrets import Secret
 from engine.supervisor import ActorSpec, Supervisor, SupervisorSpec
@@ -1087,3 +1089,20 @@ def test_an_update_the_adapter_cannot_act_on_is_refused_by_the_stream_client(cha
         _check(bad)
     with pytest.raises(ValueError, match="fill without"):
         _check(wire.TradeUpdate(event="fill", order=good.order))
+
+
+async def test_a_snapshot_in_a_rate_limit_storm_is_answered_unavailable_not_a_crash(sim: RunningSimulator) -> None:
+    """Found by the chaos soak: recovery's venue snapshot hit a 429 storm, the adapter raised,
+    the venue actor and the order manager crashed and the engine exited."""
+    async with Session(sim) as session:
+        sim.faults.fail_next = [429] * 40
+        query = VenueSnapshotQuery(client_order_ids=[], prefix="run-", ts_init=0)
+        snapshot: VenueSnapshot = await session.bus.request(VENUE, query, 30)
+        assert snapshot.unavailable and "429" in snapshot.unavailable
+        assert snapshot.positions is None and snapshot.cash is None
+        sim.faults.fail_next = []
+        await eventually(lambda: session.venue.rest.breakers["queries"].state.value != "open", timeout_s=15,
+                         what="the queries breaker to let a trial through")
+        snapshot = await session.bus.request(VENUE, query, 30)
+        assert not snapshot.unavailable and snapshot.cash is not None
+        assert session.root.stats[VENUE].crashes == 0

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from actors.order_book import SNAPSHOT_KIND, Book
-from actors.order_manager import OrderManagerActor
+from actors.order_manager import OrderManagerActor, RecoveryFailed
 from engine import topics
 from engine.actor import Actor
 from engine.bus import Bus
@@ -71,6 +71,9 @@ class ScriptedVenue(Actor):
         self.reconciles: list[ReconcileOrders] = []
         self.journaled_before_send: list[bool] = []
         self.snapshot = VenueSnapshot(orders=[], missing=[], positions={}, cash=D(100_000), ts_init=0)
+        self.unavailable_answers = 0
+        """Answer this many snapshot queries with "unavailable" first (a venue in a 5xx storm)."""
+        self.snapshot_queries = 0
 
     async def on_start(self) -> None:
         self.ctx.subscribe(topics.VENUE_COMMAND)
@@ -87,6 +90,12 @@ class ScriptedVenue(Actor):
         elif isinstance(message, ReconcileOrders):
             self.reconciles.append(message)
         elif isinstance(message, VenueSnapshotQuery):
+            self.snapshot_queries += 1
+            if self.unavailable_answers > 0:
+                self.unavailable_answers -= 1
+                return VenueSnapshot(
+                    orders=[], missing=[], positions=None, cash=None, ts_init=0, unavailable="HTTP 503"
+                )
             return self.snapshot
         return None
 
@@ -485,3 +494,24 @@ def test_any_report_sequence_leaves_a_journal_that_rederives_the_live_book(
         assert await derived(path) == live
 
     asyncio.run(scenario())
+
+
+# ---------------------------------------------------------------- a venue that cannot answer recovery
+
+
+async def test_recovery_asks_again_while_the_venue_is_unavailable(journal_path: Path) -> None:
+    """Found by the chaos soak: a 429 storm during recovery crashed the venue adapter and the
+    order manager, and the engine exited. Now recovery waits for the venue, with backoff."""
+    async with Node(journal_path) as node:
+        node.venue.unavailable_answers = 2
+        report = await node.recover()
+        assert report.state is TradingState.ACTIVE
+        assert node.venue.snapshot_queries == 3  # two refusals (0.5 s, then 1 s apart), then the answer
+
+
+async def test_recovery_gives_up_loudly_when_the_venue_stays_unavailable(journal_path: Path) -> None:
+    async with Node(journal_path, recovery_timeout_s=1.0) as node:
+        node.venue.unavailable_answers = 1_000
+        with pytest.raises(RecoveryFailed, match="unavailable for 1 s during recovery: HTTP 503"):
+            await node.recover()
+        assert 2 <= node.venue.snapshot_queries <= 3

@@ -452,10 +452,23 @@ class AlpacaVenueActor(Actor):
     async def _snapshot(self, query: VenueSnapshotQuery) -> VenueSnapshot:
         """Recovery's view of the venue: the orders asked for, our open orders, positions and cash.
 
-        Errors propagate to the requester: recovery must not proceed on a partial view.
-        Each order reported also seeds this adapter's tracking, so later catch-ups count
-        from the venue's quantities.
+        Recovery must not proceed on a partial view: a transient failure (5xx, 429, an open
+        breaker) is answered as ``unavailable`` with the reason, and the order manager asks
+        again later (raising would crash this actor and, in a storm, exhaust the restart
+        budget: found by the chaos soak). Permanent errors (bad keys) propagate. Each order
+        reported also seeds this adapter's tracking, so later catch-ups count from the
+        venue's quantities.
         """
+        try:
+            return await self._snapshot_now(query)
+        except (TransientError, BreakerOpen, RateLimited) as exc:
+            self.ctx.log.warning("venue_snapshot_unavailable", error=f"{type(exc).__name__}: {exc}")
+            return VenueSnapshot(
+                orders=[], missing=[], positions=None, cash=None, ts_init=self.ctx.clock.time_ns(),
+                unavailable=f"{type(exc).__name__}: {exc}",
+            )
+
+    async def _snapshot_now(self, query: VenueSnapshotQuery) -> VenueSnapshot:
         found: list[wire.Order] = []
         missing: list[str] = []
         for client_order_id in query.client_order_ids:
