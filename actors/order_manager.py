@@ -165,6 +165,8 @@ class OrderManagerActor(Actor):
     ) -> None:
         self.prefix = prefix
         self.journal = journal
+        self._venue_cum: dict[str, Decimal] = {}
+        """Per order still filling: the highest cumulative filled quantity the venue reported."""
         self.latency = latency if latency is not None else OrderPathLatency()
         """Submit-to-ack, ack-to-fill, tick-to-order (shared across restarts by the composition root)."""
         self.venue_address = venue_address
@@ -435,9 +437,14 @@ class OrderManagerActor(Actor):
             return
         qty = execution.qty
         if execution.cum_qty is not None:
-            # Book only what raises the venue's cumulative quantity: the same execution
-            # seen twice under different ids (stream and REST catch-up) counts once.
-            qty = min(qty, execution.cum_qty - order.filled_qty)
+            # Book only up to the highest cumulative quantity the venue has reported for the
+            # order: the same execution seen twice under different ids (stream and REST
+            # catch-up) counts once. The highest, not this execution's own: executions can
+            # arrive out of order, and one reporting cum 400 after another reporting cum 500
+            # is the 100 still missing, not a duplicate (found by the 1,000-seed soak).
+            cum = max(execution.cum_qty, self._venue_cum.get(order.client_order_id, ZERO))
+            self._venue_cum[order.client_order_id] = cum
+            qty = min(qty, cum - order.filled_qty)
             if qty <= 0:
                 self.counters["duplicate_executions"] += 1
                 return
@@ -456,6 +463,8 @@ class OrderManagerActor(Actor):
             ts_recv=execution.ts_recv,
         )
         await self._record_or_keep(fill)
+        if order.is_terminal and order.filled_qty >= self._venue_cum.get(order.client_order_id, ZERO):
+            self._venue_cum.pop(order.client_order_id, None)
         self.counters["fills"] += 1
         self.latency.filled(fill.client_order_id, self.ctx.clock.time_ns())
         if order.is_terminal:

@@ -257,6 +257,33 @@ async def test_a_fill_seen_again_after_a_restart_is_not_booked_twice(journal_pat
     assert (await derived(journal_path)).positions == {"XYZ": D(10)}
 
 
+async def test_executions_out_of_order_are_each_booked_and_a_catch_up_is_not_booked_again(
+    journal_path: Path,
+) -> None:
+    """Found by the 1,000-seed soak: the venue's fill of cum 500 arrived before its fill of cum
+    400 (reordered trade updates) and the second was dropped as a duplicate: 400 of 500 booked."""
+    async with Node(journal_path) as node:
+        await node.recover()
+        await node.approve("10")
+        await node.report(update("t-1", OrderStatus.NEW))
+        await node.report(execution("t-1", "e1", "2", cum="2"))
+        await node.report(execution("t-1", "e4", "1", cum="5"))  # overtook e2 and e3
+        await node.report(update("t-1", OrderStatus.PARTIALLY_FILLED, filled="5"))
+        await node.report(execution("t-1", "e2", "1", cum="3"))
+        await node.report(execution("t-1", "e3", "1", cum="4"))
+        assert node.om.book.orders["t-1"].filled_qty == D(5)
+        assert node.om.counters["duplicate_executions"] == 0
+        # A catch-up after a reconnect reports the rest under its own id, then the stream's
+        # held events for the same fills arrive: each quantity is booked once.
+        await node.report(execution("t-1", "catchup:v:10", "5", cum="10"))
+        await node.report(execution("t-1", "e5", "3", cum="8"))
+        await node.report(execution("t-1", "e6", "2", cum="10"))
+        assert node.om.book.orders["t-1"].filled_qty == D(10)
+        assert node.om.counters["duplicate_executions"] == 2
+        assert [f.qty for f in node.watcher.fills] == [D(2), D(1), D(1), D(1), D(5)]
+    assert (await derived(journal_path)).positions == {"XYZ": D(10)}
+
+
 async def test_an_impossible_transition_is_not_applied_but_reconciled(journal_path: Path) -> None:
     async with Node(journal_path) as node:
         await node.recover()
