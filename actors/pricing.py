@@ -31,6 +31,24 @@ What arrives from feed adapters on ``md.raw`` is a provider's claim; what leaves
   primary only after the primary has been fresh for ``failback_s`` without a break
   (hysteresis), so a flapping primary does not make prices flap between sources.
 
+- **Bars.** Every ``bar_interval_s`` (``[pricing]``; 0 turns them off) of *event time*
+  (``ts_event``), aligned on the epoch (60 s bars start on the minute), each symbol gets a
+  :class:`~engine.messages.Bar` on ``md.bar``, built only from what pricing *published*:
+  trades make OHLC from their prices, ``volume`` from their sizes; an interval with quotes
+  but no trade gives a quote bar, OHLC of the published mids with ``volume`` 0 and
+  ``trades`` 0. A bar closes, and is published, when the first event of a later interval
+  arrives (before that event is published), or when the engine clock passes its end plus
+  ``bar_grace_s`` (a clock timer), whichever comes first. An event whose interval is
+  already closed is *late*: it is still published as a quote or trade, but no bar takes it
+  (``bar_late``). Intervals without any event give no bar (no empty bars). So the bars are
+  a function of the published events and their order alone: replay (timers on the
+  :class:`~engine.clock.SimClock`) and live (the same timers on the wall clock) give the
+  same bars for the same events; only ``ts_init``, the close time, says which clock closed
+  it. The bar still open when a replay's recording ends is never published (no later
+  event, and the replay stops the clock). A restarted pricing actor lost its open bars: it
+  skips the rest of each symbol's current interval (counted late) rather than publish a
+  partial bar with a wrong open, and resumes at the next boundary.
+
 Timers come from the engine clock, so replay under :class:`~engine.clock.SimClock` goes
 stale at exactly the same simulated moments every time. A symbol has at most one pending
 staleness timer, armed for ``last_seen + sla`` and re-armed when it fires early.
@@ -49,6 +67,7 @@ from engine.actor import Actor
 from engine.clock import NS_PER_S
 from engine.messages import (
     ActorStats,
+    Bar,
     BestBidOffer,
     ExchangeQuote,
     FeedState,
@@ -82,6 +101,10 @@ class PricingPolicy:
     held back ..."""
     outlier_confirmations: int = 5
     """... unless this many such quotes arrive in a row (then the market really moved)."""
+    bar_interval_s: int = 60
+    """Time bars of this many seconds of event time, aligned on the epoch; 0: no bars."""
+    bar_grace_s: float = 2.0
+    """A bar no later event has closed closes when the engine clock passes its end plus this."""
 
     def __post_init__(self) -> None:
         for name, value in (("sla_s", self.sla_s), ("feed_silence_s", self.feed_silence_s)):
@@ -99,6 +122,10 @@ class PricingPolicy:
         for symbol, pair in self.providers.items():
             if len(pair) != 2 or pair[0] == pair[1]:
                 raise ValueError(f"pricing.providers.{symbol} must name two different providers, got {pair}")
+        if self.bar_interval_s < 0:
+            raise ValueError(f"pricing.bar_interval_s must not be negative, got {self.bar_interval_s}")
+        if not self.bar_grace_s >= 0:
+            raise ValueError(f"pricing.bar_grace_s must not be negative, got {self.bar_grace_s}")
 
     def sla_ns(self, symbol: str) -> int:
         return round(self.symbol_sla_s.get(symbol, self.sla_s) * NS_PER_S)
@@ -126,6 +153,95 @@ class PricingCounters:
     inactive_provider: int = 0
     """Quotes from a symbol's standby provider: kept in its book, not published."""
     trading_status: int = 0
+    bars: int = 0
+    quote_bars: int = 0
+    """Bars of an interval without trades (OHLC of the mid, volume 0)."""
+    bars_by_timer: int = 0
+    """Bars closed by the clock (end + grace) rather than by a later event."""
+    bar_late: int = 0
+    """Published events whose bar interval was already closed (no bar took them)."""
+
+
+class _BarBuilder:
+    """One symbol's open bar: trade OHLCV, and the mid's OHLC in case no trade comes.
+
+    Mids are kept doubled (``bid + ask``), halved once at the close: no division per quote.
+    """
+
+    __slots__ = (
+        "close",
+        "end_ns",
+        "high",
+        "low",
+        "mid_close",
+        "mid_high",
+        "mid_low",
+        "mid_open",
+        "open",
+        "quote_provider",
+        "start_ns",
+        "symbol",
+        "trade_provider",
+        "trades",
+        "volume",
+    )
+
+    def __init__(self, symbol: str, start_ns: int, end_ns: int) -> None:
+        self.symbol = symbol
+        self.start_ns = start_ns
+        self.end_ns = end_ns
+        self.trades = 0
+        self.volume = ZERO
+        self.open = self.high = self.low = self.close = ZERO
+        self.mid_open: Decimal | None = None
+        self.mid_high = self.mid_low = self.mid_close = ZERO
+        self.trade_provider = ""
+        self.quote_provider = ""
+
+    def add_trade(self, price: Decimal, size: Decimal, provider: str) -> None:
+        if self.trades == 0:
+            self.open = self.high = self.low = price
+        elif price > self.high:
+            self.high = price
+        elif price < self.low:
+            self.low = price
+        self.close = price
+        self.volume += size
+        self.trades += 1
+        self.trade_provider = provider
+
+    def add_mid(self, twice_mid: Decimal, provider: str) -> None:
+        if self.mid_open is None:
+            self.mid_open = self.mid_high = self.mid_low = twice_mid
+        elif twice_mid > self.mid_high:
+            self.mid_high = twice_mid
+        elif twice_mid < self.mid_low:
+            self.mid_low = twice_mid
+        self.mid_close = twice_mid
+        self.quote_provider = provider
+
+    def bar(self, interval_s: int, now: int) -> Bar:
+        if self.trades:
+            ohlc = (self.open, self.high, self.low, self.close)
+            provider = self.trade_provider
+        else:
+            assert self.mid_open is not None  # a builder exists only once an event was folded in
+            ohlc = (self.mid_open / 2, self.mid_high / 2, self.mid_low / 2, self.mid_close / 2)
+            provider = self.quote_provider
+        return Bar(
+            symbol=self.symbol,
+            interval_s=interval_s,
+            open=ohlc[0],
+            high=ohlc[1],
+            low=ohlc[2],
+            close=ohlc[3],
+            volume=self.volume,
+            trades=self.trades,
+            start_ns=self.start_ns,
+            end_ns=self.end_ns,
+            provider=provider,
+            ts_init=now,
+        )
 
 
 @dataclass
@@ -188,6 +304,14 @@ class PricingActor(Actor):
         self._provider_seen_ns: dict[str, int] = {}
         self._provider_down: set[str] = set()
         self._feed_timer_armed = False
+        self._bar_s = self.policy.bar_interval_s
+        self._bar_ns = self._bar_s * NS_PER_S
+        self._bar_grace_ns = round(self.policy.bar_grace_s * NS_PER_S)
+        self._bars: dict[str, _BarBuilder] = {}
+        self._bars_closed_until: dict[str, int] = {}
+        """Per symbol, the end of its last closed bar: an event before it is late."""
+        self._bars_resume = True
+        """False after a restart: each symbol's interval in progress is skipped (see the module doc)."""
 
     async def on_start(self) -> None:
         self.ctx.subscribe(topics.MD_RAW)
@@ -195,6 +319,9 @@ class PricingActor(Actor):
             # Books rebuild from the next quote of each exchange; until both sides are
             # seen again nothing is published, so nobody trades on a half-built book.
             self.ctx.log.info("pricing_rebuilding_books_from_feed")
+            if self._bar_ns:
+                self._bars_resume = False
+                self.ctx.log.info("pricing_bars_resume_at_next_boundary")
 
     async def handle(self, message: Any) -> Any:
         kind = type(message)
@@ -204,6 +331,8 @@ class PricingActor(Actor):
             await self._on_trade(message)
         elif kind is _Check:
             await self._on_check(message)
+        elif kind is _BarDue:
+            await self._on_bar_due(message)
         elif kind is FeedState:
             await self._on_feed_state(message)
         elif kind is SymbolTradingStatus:
@@ -358,6 +487,13 @@ class PricingActor(Actor):
         )
         state.last_published = bbo
         self.counters.published += 1
+        if self._bar_ns:
+            ts_event = book.ts_event
+            bar = self._bars.get(state.symbol)
+            if bar is None or not bar.start_ns <= ts_event < bar.end_ns:  # the common case needs no await
+                bar = await self._bar_for(state.symbol, ts_event, now)
+            if bar is not None:
+                bar.add_mid(nbbo[0] + nbbo[2], provider)
         await self.ctx.publish(topics.MD_BBO, bbo)
 
     # ------------------------------------------------------------ trades
@@ -390,6 +526,13 @@ class PricingActor(Actor):
         # With failover configured only the active provider's trades count (lineage); without
         # it, a symbol's trades are published whoever provides them.
         if state.primary is None or trade.provider == state.active:
+            if self._bar_ns:
+                ts_event = trade.ts_event
+                bar = self._bars.get(trade.symbol)
+                if bar is None or not bar.start_ns <= ts_event < bar.end_ns:
+                    bar = await self._bar_for(trade.symbol, ts_event, self.ctx.clock.time_ns())
+                if bar is not None:
+                    bar.add_trade(trade.price, trade.size, trade.provider)
             await self.ctx.publish(topics.MD_TRADE, trade)
 
     # ------------------------------------------------------------ freshness and failover
@@ -539,6 +682,53 @@ class PricingActor(Actor):
             if symbol.active == provider:
                 await self._go_stale(symbol, reason, now)
 
+    # ------------------------------------------------------------ bars
+
+    async def _bar_for(self, symbol: str, ts_event: int, now: int) -> _BarBuilder | None:
+        """The open bar an event at ``ts_event`` belongs in, or None if its interval is closed (late).
+
+        An event of a later interval first closes (publishes) the open bar and opens its own,
+        arming the timer that closes it at ``end + grace`` should no later event come.
+        """
+        bar = self._bars.get(symbol)
+        start = ts_event - ts_event % self._bar_ns
+        if bar is not None and start == bar.start_ns:
+            return bar
+        closed_until = self._bars_closed_until.get(symbol)
+        if closed_until is None and not self._bars_resume:
+            # First event of this symbol since a restart: its interval began before we did.
+            closed_until = self._bars_closed_until[symbol] = start + self._bar_ns
+        if (bar is not None and start < bar.start_ns) or (closed_until is not None and start < closed_until):
+            self.counters.bar_late += 1
+            return None
+        if bar is not None:
+            await self._close_bar(bar, now)
+        bar = self._bars[symbol] = _BarBuilder(symbol, start, start + self._bar_ns)
+        self.ctx.tell_self_at(bar.end_ns + self._bar_grace_ns, _BarDue(symbol, bar.end_ns))
+        return bar
+
+    async def _close_bar(self, bar: _BarBuilder, now: int) -> None:
+        del self._bars[bar.symbol]
+        self._bars_closed_until[bar.symbol] = bar.end_ns
+        counters = self.counters
+        counters.bars += 1
+        if not bar.trades:
+            counters.quote_bars += 1
+        await self.ctx.publish(topics.MD_BAR, bar.bar(self._bar_s, now))
+
+    async def _on_bar_due(self, due: _BarDue) -> None:
+        """The clock passed a bar's end plus the grace: close it, unless a later event already did."""
+        bar = self._bars.get(due.symbol)
+        if bar is None or bar.end_ns != due.end_ns:
+            return  # closed by a later event, or set by an incarnation before a restart
+        now = self.ctx.clock.time_ns()
+        due_ns = bar.end_ns + self._bar_grace_ns
+        if now < due_ns:  # a live timer a hair early (loop clock vs wall clock): check again then
+            self.ctx.tell_self_at(due_ns, due)
+            return
+        self.counters.bars_by_timer += 1
+        await self._close_bar(bar, now)
+
     # ------------------------------------------------------------ timers
 
     def _arm_symbol_timer(self, state: _Symbol, due_ns: int) -> None:
@@ -557,3 +747,11 @@ class _Check:
     """A staleness check for one symbol, or (``symbol=None``) for every feed."""
 
     symbol: str | None
+
+
+@dataclass(frozen=True)
+class _BarDue:
+    """The clock passed ``end_ns`` plus the grace: close ``symbol``'s bar ending then, if still open."""
+
+    symbol: str
+    end_ns: int

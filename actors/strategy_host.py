@@ -1,115 +1,350 @@
 """The strategy actor: hosts one :class:`~actors.strategies.base.Strategy`.
 
-It feeds the strategy market data and the outcomes of its own orders, and publishes the
-intents the strategy returns on ``order.intent``, each followed on ``audit`` by a
-``SignalRecorded``: the intent, the features the strategy noted for it, and the message it
-was reacting to. Market data is conflated per symbol
-when the strategy falls behind (see the mailbox policy the composition root sets).
+It feeds the strategy market data (quotes, trades, bars), the outcomes of its own orders
+and its timers, and publishes what the hooks return on ``order.intent``, each intent
+followed on ``audit`` by a ``SignalRecorded``: the intent, the features the strategy noted
+for it, and the message it was reacting to. Market data is conflated per symbol when the
+strategy falls behind (see the mailbox policy the composition root sets).
+
+What a hook may return (anything else, ``None`` included, is a ``TypeError``: a strategy
+bug made loud, never an order silently dropped):
+
+- an :class:`~engine.messages.OrderIntent`, published as it is;
+- a :class:`~actors.strategies.base.TargetPosition`, turned into a market order for
+  ``target - position - in flight`` (nothing when that is zero). The host keeps the
+  strategy's position (the ledger's at start, then its fills) and what each of its intents
+  still in flight would add (removed on rejection or the order's final status), so a
+  repeated target never orders twice. At start the host asks the order manager (whose book
+  the journal has rebuilt by then) for the strategy's working orders, which count as in
+  flight: a restarted actor or process does not order again what is already working.
+
+Features: the host builds one :class:`~actors.features.FeaturePipeline` for the strategies
+it hosts (through :class:`~actors.features.PipelineRegistry`, so several strategies share
+every computation), checks every pin (:func:`build_pipeline`), and updates it on each
+quote (mid), trade and bar *before* the strategy's hook, so the hook reads values that
+include the message it is handed. Inputs nobody declared cost nothing.
+
+Timers: :meth:`Strategy.schedule` requests become clock timers of this actor
+(``ctx.tell_self_at``), so replay fires them at exact simulated times, in order. A timer
+set by an earlier incarnation of the actor (before a restart) is ignored: the strategy
+instance that asked for it is gone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Final
 
 import msgspec
 
-from actors.strategies.base import Strategy
+from actors.features import FeaturePipeline, PipelineRegistry
+from actors.strategies.base import Decision, FeatureView, Strategy, TargetPosition, feature
 from engine import topics
 from engine.actor import Actor
 from engine.messages import (
     AccountBaseline,
     ActorStats,
+    Bar,
     BestBidOffer,
     Fill,
     MarketDataStatus,
     OrderIntent,
+    OrderType,
     OrderUpdate,
     PortfolioQuery,
     PortfolioSnapshot,
     ProviderSwitched,
     RiskRejected,
+    Side,
     SignalRecorded,
     StatsQuery,
     SymbolTradingStatus,
     TradeTick,
+    WorkingOrders,
+    WorkingOrdersQuery,
 )
+
+ZERO: Final = Decimal(0)
+_TRADE_INPUTS: Final = frozenset({"trade_price", "trade"})
+_BAR_INPUTS: Final = frozenset({"bar_close", "bar"})
+
+
+def build_pipeline(strategies: Sequence[Strategy], pins: Mapping[str, str] | None = None) -> FeaturePipeline:
+    """The one feature pipeline for ``strategies``, after checking every pin.
+
+    Each strategy's declared :attr:`~Strategy.features` go through a
+    :class:`~actors.features.PipelineRegistry` (one name, two definitions:
+    :class:`~actors.features.FeatureConflict`). Then each pin — ``pins[name]`` (the
+    config's, which wins) or the strategy's own :attr:`~Strategy.pipeline_hash` — must equal
+    the hash of what the pipeline computes for that strategy, else
+    :class:`~actors.features.FeaturePipelineMismatch` (a ``ConfigError``) naming both hashes
+    and, when the strategy knows the specs of its pin, the differing features.
+    """
+    registry = PipelineRegistry()
+    for strategy in strategies:
+        registry.declare(strategy.name, strategy.features)
+    pipeline = registry.build()
+    for strategy in strategies:
+        pinned = (pins or {}).get(strategy.name)
+        if pinned:
+            pipeline.require(pinned, strategy.name)
+        elif strategy.pipeline_hash:
+            pipeline.require(strategy.pipeline_hash, strategy.name, strategy.pipeline_specs)
+    return pipeline
+
+
+@dataclass(frozen=True, slots=True)
+class StrategyTimer:
+    """A timer the strategy asked for is due (a message to the actor itself, never on the bus)."""
+
+    name: str
+    token: int
+    """Which request armed it: a timer rescheduled or cancelled since is stale."""
+    incarnation: int
+    """``ctx.restarts`` of the actor that armed it."""
+    ts_init: int
+    """The time asked for."""
+
+
+class _InFlight:
+    """An intent of ours whose order may still trade: what it would still add to the position."""
+
+    __slots__ = ("counted", "remaining", "symbol")
+
+    def __init__(self, symbol: str, remaining: Decimal, counted: frozenset[str] = frozenset()) -> None:
+        self.symbol = symbol
+        self.remaining = remaining
+        """Signed: positive buys, negative sells."""
+        self.counted = counted
+        """Execution ids ``remaining`` already accounts for (seeded from the order manager)."""
+
+
+_HOOKS: Final[Mapping[type, str]] = {
+    BestBidOffer: "on_bbo",
+    TradeTick: "on_trade",
+    Bar: "on_bar",
+    StrategyTimer: "on_timer",
+    Fill: "on_fill",
+    OrderUpdate: "on_order_update",
+    RiskRejected: "on_rejected",
+    MarketDataStatus: "on_market_status",
+    ProviderSwitched: "on_market_status",
+    SymbolTradingStatus: "on_market_status",
+}
 
 
 class StrategyActor(Actor):
-    def __init__(self, build: Callable[[], Strategy], portfolio_address: str, boot: int = 0) -> None:
-        self.strategy = build()
+    def __init__(
+        self,
+        build: Callable[[], Strategy],
+        portfolio_address: str,
+        boot: int = 0,
+        *,
+        pipeline_hash: str = "",
+        orders_address: str | None = None,
+    ) -> None:
+        """``pipeline_hash``: the config's pin (``[strategy] pipeline_hash``; empty: none).
+        ``orders_address``: the order manager, asked for working orders at start (None: not asked)."""
+        strategy = self.strategy = build()
         self.portfolio_address = portfolio_address
+        self.orders_address = orders_address
         self.boot = boot
         """How many times this engine has started on its journal (0: no journal)."""
+        self.pipeline = build_pipeline([strategy], {strategy.name: pipeline_hash} if pipeline_hash else None)
+        strategy.feature_values = FeatureView(self.pipeline, [spec.name for spec in strategy.features])
+        inputs = {spec.input for spec in self.pipeline.specs}
+        self._mid_features = "mid" in inputs
+        self._trade_features = bool(inputs & _TRADE_INPUTS)
+        self._bar_features = bool(inputs & _BAR_INPUTS)
+        # The strategy appends its timer requests to this very list; checked after every hook.
+        self._requested: list[tuple[str, int | None]] = []
+        strategy._timer_requests = self._requested
+        self._timers: dict[str, int] = {}
+        self._timer_seq = 0
+        self.positions: dict[str, Decimal] = {}
+        """The strategy's positions: the ledger's at start, then its own fills."""
+        self._in_flight: dict[str, _InFlight] = {}
         self.intents = 0
+        self.targets = 0
         self.market_status = 0
+        self.bars = 0
+        self.timers = 0
 
     async def on_start(self) -> None:
         # Intent ids: <strategy>[.b<boot>].<incarnation>-<n>, unique even though a
         # restarted strategy (or a restarted process) counts from 1 again.
         boot = f".b{self.boot}" if self.boot else ""
         self.strategy.intent_prefix = f"{self.strategy.name}{boot}.{self.ctx.restarts}"
-        for topic in (topics.MD_BBO, topics.MD_TRADE, topics.MD_STATUS, topics.ORDER_FILL, topics.ORDER_EVENT):
+        for topic in (
+            topics.MD_BBO,
+            topics.MD_TRADE,
+            topics.MD_BAR,
+            topics.MD_STATUS,
+            topics.ORDER_FILL,
+            topics.ORDER_EVENT,
+        ):
             self.ctx.subscribe(topic)
         # A fresh instance (a restarted actor, or a restarted process whose ledger the
         # journal rebuilt) knows nothing: ask the ledger what we hold.
         snapshot: PortfolioSnapshot = await self.ctx.request(self.portfolio_address, PortfolioQuery())
         if snapshot.positions:
-            self.strategy.restore_positions(snapshot.positions)
+            self._restore(snapshot.positions)
             self.ctx.log.info(
                 "strategy_state_rebuilt",
                 strategy=self.strategy.name,
                 source=self.portfolio_address,
                 positions={k: str(v) for k, v in snapshot.positions.items()},
             )
+        if self.orders_address is not None:
+            await self._seed_in_flight(self.orders_address)
+        if self._requested:
+            self._arm_timers()
+
+    def _restore(self, positions: Mapping[str, Decimal]) -> None:
+        self.positions = dict(positions)
+        self.strategy.restore_positions(positions)
+
+    async def _seed_in_flight(self, address: str) -> None:
+        """At start: the strategy's orders the venue may still fill (the journal's book) are in flight.
+
+        Without this a repeated :class:`TargetPosition` would order again what a working
+        order of the previous incarnation is already buying.
+        """
+        answer: WorkingOrders = await self.ctx.request(address, WorkingOrdersQuery())
+        for view in answer.orders:
+            if view.strategy != self.strategy.name or view.remaining_qty <= 0:
+                continue
+            self._in_flight[view.intent_id or view.client_order_id] = _InFlight(
+                view.symbol, view.remaining_qty * view.side.sign, frozenset(view.execution_ids)
+            )
+        if self._in_flight:
+            self.ctx.log.info("strategy_in_flight_seeded", strategy=self.strategy.name, orders=len(self._in_flight))
 
     async def handle(self, message: Any) -> Any:
         strategy = self.strategy
         now = self.ctx.clock.time_ns()
         kind = type(message)
-        intents: list[OrderIntent]
+        decisions: Sequence[Decision]
         if kind is BestBidOffer:
-            intents = strategy.on_bbo(message, now)
+            if self._mid_features:  # the mid as a float: a feature, not money
+                self.pipeline.on_mid(message.symbol, float(message.bid_price + message.ask_price) / 2.0)
+            decisions = strategy.on_bbo(message, now)
         elif kind is TradeTick:
-            intents = strategy.on_trade(message, now)
+            if self._trade_features:
+                self.pipeline.on_trade(message.symbol, float(message.price), float(message.size))
+            decisions = strategy.on_trade(message, now)
+        elif kind is Bar:
+            self.bars += 1
+            if self._bar_features:
+                self.pipeline.on_bar(
+                    message.symbol,
+                    float(message.open),
+                    float(message.high),
+                    float(message.low),
+                    float(message.close),
+                    float(message.volume),
+                )
+            decisions = strategy.on_bar(message, now)
+        elif kind is StrategyTimer:
+            if message.incarnation != self.ctx.restarts or self._timers.get(message.name) != message.token:
+                return None  # rescheduled, cancelled, or armed by an incarnation before a restart
+            del self._timers[message.name]
+            self.timers += 1
+            decisions = strategy.on_timer(message.name, now)
         elif kind is AccountBaseline:
             # Recovery's first look at the account: what it holds is where we start.
-            strategy.restore_positions(message.positions)
+            self._restore(message.positions)
+            if self._requested:
+                self._arm_timers()
             return None
         elif kind is Fill:
             if message.strategy != strategy.name:
                 return None
-            intents = strategy.on_fill(message, now)
+            self._on_fill(message)
+            decisions = strategy.on_fill(message, now)
         elif kind is OrderUpdate:
             if message.strategy != strategy.name:
                 return None
-            intents = strategy.on_order_update(message, now)
+            if message.status.is_terminal and message.intent_id is not None:
+                self._in_flight.pop(message.intent_id, None)
+            decisions = strategy.on_order_update(message, now)
         elif kind is RiskRejected:
             if message.strategy != strategy.name:
                 return None
-            intents = strategy.on_rejected(message, now)
+            self._in_flight.pop(message.intent_id, None)
+            decisions = strategy.on_rejected(message, now)
         elif kind is MarketDataStatus or kind is ProviderSwitched or kind is SymbolTradingStatus:
             self.market_status += 1
-            intents = strategy.on_market_status(message, now)
+            decisions = strategy.on_market_status(message, now)
         elif kind is StatsQuery:
-            return ActorStats(counters={"intents": self.intents, "market_status": self.market_status})
+            return ActorStats(
+                counters={
+                    "intents": self.intents,
+                    "targets": self.targets,
+                    "market_status": self.market_status,
+                    "bars": self.bars,
+                    "timers": self.timers,
+                }
+            )
         else:
             raise TypeError(f"strategy actor cannot handle {kind.__name__}")
-        if not intents:
+        if self._requested:
+            self._arm_timers()
+        if not decisions:
+            if decisions is None:
+                raise TypeError(
+                    f"strategy {strategy.name!r}: {type(strategy).__name__}.{_HOOKS[kind]} returned None;"
+                    " a hook must return a list (empty for nothing to do)"
+                )
             return None
+        await self._emit(message, kind, decisions, now)
+        return None
+
+    def _on_fill(self, fill: Fill) -> None:
+        signed = fill.qty * fill.side.sign
+        self.positions[fill.symbol] = self.positions.get(fill.symbol, ZERO) + signed
+        flight = self._in_flight.get(fill.intent_id)
+        if flight is not None and fill.execution_id not in flight.counted:
+            before = flight.remaining
+            after = before - signed
+            if after == 0 or (after > 0) != (before > 0):
+                del self._in_flight[fill.intent_id]  # filled in full (or past it: never flip its side)
+            else:
+                flight.remaining = after
+
+    def _in_flight_qty(self, symbol: str) -> Decimal:
+        return sum((f.remaining for f in self._in_flight.values() if f.symbol == symbol), ZERO)
+
+    async def _emit(self, message: Any, kind: type, decisions: Sequence[Decision], now: int) -> None:
         # Each intent, then its signal on ``audit``: risk is woken first, so the audit actor's
         # turn is not on the way from the strategy to risk. It still comes before the order
         # manager's (woken later, by the approval), so the signal is journaled ahead of the
         # decision and the order it explains (see actors/audit.py).
+        strategy = self.strategy
         features = strategy.take_features()
         ts_trigger = _event_time(message)
         trigger = kind.__name__
         priced_ns = message.ts_init if kind is BestBidOffer else message.ts_recv if kind is TradeTick else 0
-        for intent in intents:
+        for decision in decisions:
+            if type(decision) is OrderIntent:
+                intent = decision
+                noted = features.get(intent.intent_id, {})
+            elif type(decision) is TargetPosition:
+                converted = self._target_intent(decision, now)
+                if converted is None:
+                    continue
+                intent, noted = converted
+            else:
+                raise TypeError(
+                    f"strategy {strategy.name!r}: {type(strategy).__name__}.{_HOOKS[kind]} returned"
+                    f" {type(decision).__name__}; a hook returns OrderIntent and TargetPosition values"
+                )
             self.intents += 1
             if priced_ns:
                 intent = msgspec.structs.replace(intent, ts_trigger=priced_ns)
+            self._in_flight[intent.intent_id] = _InFlight(intent.symbol, intent.qty * intent.side.sign)
             signal = SignalRecorded(
                 intent_id=intent.intent_id,
                 strategy=intent.strategy,
@@ -118,20 +353,57 @@ class StrategyActor(Actor):
                 qty=intent.qty,
                 order_type=intent.order_type,
                 limit_price=intent.limit_price,
-                features=features.get(intent.intent_id, {}),
+                features=noted,
                 trigger=trigger,
                 ts_trigger=ts_trigger,
                 ts_init=now,
             )
             await self.ctx.publish(topics.ORDER_INTENT, intent)
             await self.ctx.publish(topics.AUDIT, signal)
-        return None
+
+    def _target_intent(self, target: TargetPosition, now: int) -> tuple[OrderIntent, dict[str, str]] | None:
+        """The market order that takes the strategy from where it is (and is going) to ``target``."""
+        held = self.positions.get(target.symbol, ZERO)
+        in_flight = self._in_flight_qty(target.symbol)
+        delta = target.qty - held - in_flight
+        if delta == 0:
+            return None
+        self.targets += 1
+        intent = OrderIntent(
+            intent_id=self.strategy.next_intent_id(),
+            strategy=self.strategy.name,
+            symbol=target.symbol,
+            side=Side.BUY if delta > 0 else Side.SELL,
+            qty=abs(delta),
+            order_type=OrderType.MARKET,
+            ts_init=now,
+        )
+        noted = {
+            **target.features,
+            "target_qty": feature(target.qty),
+            "position": feature(held),
+            "in_flight": feature(in_flight),
+        }
+        return intent, noted
+
+    def _arm_timers(self) -> None:
+        """Turn the strategy's timer requests into clock timers of this actor (the last request per name wins)."""
+        for name, at_ns in self._requested:
+            if at_ns is None:
+                self._timers.pop(name, None)
+                continue
+            self._timer_seq += 1
+            self._timers[name] = self._timer_seq
+            self.ctx.tell_self_at(at_ns, StrategyTimer(name, self._timer_seq, self.ctx.restarts, at_ns))
+        self._requested.clear()
 
 
 def _event_time(message: Any) -> int:
-    """When what the strategy reacted to happened: its ``ts_event``, else (no event time) its ``ts_init``."""
+    """When what the strategy reacted to happened: its ``ts_event``; a bar's end; else its ``ts_init``."""
     ts_event: int | None = getattr(message, "ts_event", None)
     if ts_event is not None:
         return ts_event
+    if type(message) is Bar:
+        return message.end_ns
     ts_init: int = message.ts_init
     return ts_init

@@ -31,6 +31,7 @@ SECRET_ENV: Final = "APCA_API_SECRET_KEY"
 CONFIRM_LIVE_ENV: Final = "KESTREL_CONFIRM_LIVE"
 PROFILE_ENV: Final = "KESTREL_PROFILE"
 _RUN_ID = re.compile(r"^[A-Za-z0-9]{1,16}$")
+_SHA256_HEX: Final = re.compile(r"[0-9a-f]{64}")
 _SECRET_LOOKING_KEYS: Final = frozenset(
     {"secret", "password", "token", "api_key", "key_id", "secret_key", "api_secret"}
 )
@@ -69,6 +70,13 @@ class DataSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class StrategySection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: str = "ema-cross"
     params: dict[str, Any] = msgspec.field(default_factory=dict)
+    pipeline_hash: str = ""
+    """Pin: the feature-pipeline hash the strategy was built for (overrides the strategy's own
+    pin); a run whose pipeline for it differs refuses to start. Empty: no pin from the config."""
+
+    def __post_init__(self) -> None:
+        if self.pipeline_hash and not _SHA256_HEX.fullmatch(self.pipeline_hash):
+            raise ValueError("pipeline_hash: must be 64 lowercase hex digits (a sha256) or empty")
 
 
 class LimitsSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -228,6 +236,10 @@ class PricingSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """A quote whose mid jumps more than this % from the last is held back ..."""
     outlier_confirmations: int = 5
     """... unless this many such quotes come in a row."""
+    bar_interval_s: int = 60
+    """Time bars (``md.bar``) of this many seconds, aligned on the epoch; 0 turns bars off."""
+    bar_grace_s: float = 2.0
+    """A bar with no later event closes once the engine clock passes its end plus this."""
 
     def __post_init__(self) -> None:
         if not self.sla_s > 0:
@@ -246,6 +258,10 @@ class PricingSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError("outlier_pct: must be positive")
         if self.outlier_confirmations < 1:
             raise ValueError("outlier_confirmations: must be at least 1")
+        if self.bar_interval_s < 0:
+            raise ValueError("bar_interval_s: must not be negative (0 turns bars off)")
+        if not self.bar_grace_s >= 0:
+            raise ValueError("bar_grace_s: must not be negative")
 
 
 class VenueSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

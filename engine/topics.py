@@ -7,6 +7,7 @@ topic              messages                                    from → to
                    SymbolTradingStatus
 ``md.bbo``         BestBidOffer                                pricing → strategies, risk, venue
 ``md.trade``       TradeTick (clean)                           pricing → strategies
+``md.bar``         Bar (time bars of what pricing published)   pricing → strategies
 ``md.status``      MarketDataStatus, ProviderSwitched,         pricing → strategies, risk
                    SymbolTradingStatus
 ``order.intent``   OrderIntent                                 strategies → risk
@@ -29,6 +30,7 @@ from typing import Final
 MD_RAW: Final = "md.raw"
 MD_BBO: Final = "md.bbo"
 MD_TRADE: Final = "md.trade"
+MD_BAR: Final = "md.bar"
 MD_STATUS: Final = "md.status"
 ORDER_INTENT: Final = "order.intent"
 ORDER_APPROVED: Final = "order.approved"

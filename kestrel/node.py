@@ -36,6 +36,7 @@ import msgspec
 from actors.audit import CAPACITY as AUDIT_CAPACITY
 from actors.audit import AuditActor
 from actors.calendars import SymbolCalendars
+from actors.features import FeaturePipeline
 from actors.order_latency import OrderPathLatency
 from actors.order_manager import OrderManagerActor
 from actors.pricing import PricingActor, PricingPolicy
@@ -43,7 +44,7 @@ from actors.risk import RiskActor
 from actors.settlement import SettlementActor
 from actors.strategies import STRATEGIES
 from actors.strategies.base import Strategy
-from actors.strategy_host import StrategyActor
+from actors.strategy_host import StrategyActor, build_pipeline
 from adapters.alpaca.feed import AlpacaFeedActor
 from adapters.alpaca.rest import RestSettings
 from adapters.alpaca.venue import AlpacaVenueActor
@@ -291,8 +292,25 @@ def strategy_factory(config: Config, name: str) -> Callable[[], Strategy]:
         known = ", ".join(sorted(STRATEGIES))
         raise ConfigError("strategy", [("strategy.name", f"unknown strategy {name!r} (known: {known})")]) from None
     params = config.strategy.params
-    make(name, params)  # validate now, so a bad parameter is a clear error before anything starts
+    # Validate now, so a bad parameter or a pinned feature pipeline this run would not compute
+    # is a clear error (exit 2) before anything starts, not a strategy actor failing to start.
+    feature_pipeline(config, make(name, params))
     return lambda: make(name, params)
+
+
+def feature_pipeline(config: Config, strategy: Strategy) -> FeaturePipeline:
+    """The feature pipeline the strategy actor will build for ``strategy``, pins checked.
+
+    Raises :class:`~actors.features.FeaturePipelineMismatch` (a ``ConfigError``) when the
+    strategy's pin, or ``[strategy] pipeline_hash``, differs from what it would compute.
+    """
+    pin = config.strategy.pipeline_hash
+    return build_pipeline([strategy], {strategy.name: pin} if pin else None)
+
+
+def manifest_pipeline_hash(pipeline: FeaturePipeline) -> str:
+    """What the run manifest records: the pipeline's hash, empty when no feature is declared."""
+    return pipeline.pipeline_hash if pipeline.specs else ""
 
 
 def order_manager(config: Config, journal: Journal | None, latency: OrderPathLatency | None = None) -> ActorSpec:
@@ -388,6 +406,18 @@ def pricing_policy(config: Config) -> PricingPolicy:
         failback_s=section.failback_s,
         outlier_pct=section.outlier_pct,
         outlier_confirmations=section.outlier_confirmations,
+        bar_interval_s=section.bar_interval_s,
+        bar_grace_s=section.bar_grace_s,
+    )
+
+
+def strategy_actor(config: Config, build_strategy: Callable[[], Strategy], boot: int) -> StrategyActor:
+    return StrategyActor(
+        build_strategy,
+        SETTLEMENT,
+        boot,
+        pipeline_hash=config.strategy.pipeline_hash,
+        orders_address=ORDER_MANAGER,
     )
 
 
@@ -412,7 +442,7 @@ def session_tree(
             # recorded on (crypto and the synthetic symbol are 24/7 whatever the default). A
             # synthetic run trades only SYNTH: "24/7" then spares loading the NYSE calendar.
             risk(config, market_data, default_calendar=default_calendar),
-            ActorSpec(STRATEGY, lambda: StrategyActor(build_strategy, SETTLEMENT, boot)),
+            ActorSpec(STRATEGY, lambda: strategy_actor(config, build_strategy, boot)),
             ActorSpec(PRICING, lambda: PricingActor(policy)),
         ],
         strategy=SupervisionStrategy.ONE_FOR_ONE,
@@ -437,9 +467,18 @@ async def start_manifest(
     journal: Journal | None,
     *,
     mode: str,
+    pipeline_hash: str = "",
 ) -> RunManifest:
     """Build the run manifest, journal it (before any order record of this start) and log its hashes."""
-    manifest = await build_manifest(config, files, mode=mode, strategy=strategy, boot=boot, now_ns=clock.time_ns())
+    manifest = await build_manifest(
+        config,
+        files,
+        mode=mode,
+        strategy=strategy,
+        boot=boot,
+        now_ns=clock.time_ns(),
+        pipeline_hash=pipeline_hash,
+    )
     if journal is not None:
         await journal.write(manifest)
     get_logger(actor="node").info(
@@ -450,6 +489,7 @@ async def start_manifest(
         config_sha256=manifest.config_sha256,
         data_files={d.path: d.sha256 for d in manifest.data_files},
         seeds=manifest.seeds,
+        pipeline_hash=manifest.pipeline_hash,
     )
     return manifest
 
@@ -490,6 +530,7 @@ async def run_replay_session(config: Config, options: SessionOptions) -> Session
     log = get_logger(actor="node")
     strategy_name = options.strategy or config.strategy.name
     build_strategy = strategy_factory(config, strategy_name)
+    pipeline_hash = manifest_pipeline_hash(feature_pipeline(config, build_strategy()))
     errors = InputErrors(strict=options.strict)
     inputs: list[ReplayInput] = []
     if options.synthetic is None:
@@ -503,7 +544,9 @@ async def run_replay_session(config: Config, options: SessionOptions) -> Session
     bus = EventLogBus()
     journal = await open_journal(config, options, clock)
     boot = await count_boot(journal)
-    manifest = await start_manifest(config, files, strategy_name, boot, clock, journal, mode="replay")
+    manifest = await start_manifest(
+        config, files, strategy_name, boot, clock, journal, mode="replay", pipeline_hash=pipeline_hash
+    )
     root = Supervisor(
         session_tree(
             config, build_strategy, journal, boot, default_calendar="24/7" if options.synthetic is not None else "XNYS"
@@ -669,7 +712,7 @@ def live_tree(
             settlement(config, journal),
             ActorSpec(VENUE, lambda: AlpacaVenueActor(venue_url, credentials.key_id, credentials.secret_key, rest)),
             risk(config, market_data),
-            ActorSpec(STRATEGY, lambda: StrategyActor(build_strategy, SETTLEMENT, boot)),
+            ActorSpec(STRATEGY, lambda: strategy_actor(config, build_strategy, boot)),
             ActorSpec(PRICING, lambda: PricingActor(policy)),
             *feeds,
         ],
@@ -730,6 +773,7 @@ async def run_live_session(config: Config, options: SessionOptions, credentials:
     log = get_logger(actor="node")
     strategy_name = options.strategy or config.strategy.name
     build_strategy = strategy_factory(config, strategy_name)
+    pipeline_hash = manifest_pipeline_hash(feature_pipeline(config, build_strategy()))
     alpaca_feeds(config)  # a provider nothing can feed is refused before a simulator or journal is opened
     files = data_files(config)
     symbols = sorted(config.data.symbols) or sorted({symbol_for(f, config.data.symbol) for f in files})
@@ -771,7 +815,9 @@ async def run_live_session(config: Config, options: SessionOptions, credentials:
     journal = await open_journal(config, options, clock)
     latency = OrderPathLatency()
     boot = await count_boot(journal)
-    manifest = await start_manifest(config, files, strategy_name, boot, clock, journal, mode=config.engine.mode)
+    manifest = await start_manifest(
+        config, files, strategy_name, boot, clock, journal, mode=config.engine.mode, pipeline_hash=pipeline_hash
+    )
     root = Supervisor(
         live_tree(config, build_strategy, venue_url, data_url, keys, symbols, journal, boot, latency=latency),
         bus,

@@ -1,4 +1,17 @@
-"""Sample strategies, selectable by name (``--strategy NAME``)."""
+"""Sample strategies, selectable by name (``--strategy NAME`` or ``[strategy] name``).
+
+- ``ema-cross`` (:mod:`~actors.strategies.ema_cross`): long while a fast EMA of the mid is
+  above a slow one, flat otherwise; one order at a time. The default.
+- ``rsi-reversion`` (:mod:`~actors.strategies.rsi_reversion`): long when the RSI of the
+  1-minute bar closes enters oversold, flat when it enters overbought; the sample of
+  declared features (shared pipeline, hash-pinnable) and target positions.
+- ``ema-watch`` (:mod:`~actors.strategies.ema_watch`): computes the EMAs, never trades
+  (the data-path benchmark).
+- ``fat-finger`` (:mod:`~actors.strategies.fat_finger`): an adversarial script of every
+  mistake risk must refuse (the test of the risk engine, not a way to trade).
+
+Parameters come from ``[strategy.params]``, validated per strategy (``parse_params``).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +22,7 @@ from actors.strategies.base import Strategy
 from actors.strategies.ema_cross import EmaCross
 from actors.strategies.ema_watch import EmaWatch
 from actors.strategies.fat_finger import FatFinger
+from actors.strategies.rsi_reversion import RsiReversion
 
 StrategyFactory = Callable[[str, Mapping[str, Any]], Strategy]
 
@@ -16,4 +30,5 @@ STRATEGIES: Final[dict[str, StrategyFactory]] = {
     "ema-cross": EmaCross.from_params,
     "ema-watch": EmaWatch.from_params,
     "fat-finger": FatFinger.from_params,
+    "rsi-reversion": RsiReversion.from_params,
 }
