@@ -21,12 +21,13 @@ from simulations.chaos.campaign import ALL, run_campaign
 from simulations.chaos.run import RunResult
 from simulations.chaos.schedule import SCENARIOS
 
-__all__ = ["add_chaos_command", "cmd_chaos"]
+__all__ = ["add_chaos_command", "cmd_chaos", "positive_number"]
 
 EXIT_VIOLATED = 1
 
 
-def _positive(value: str) -> float:
+def positive_number(value: str) -> float:
+    """argparse type: a number > 0 (shared with ``kestrel load``)."""
     try:
         number = float(value)
     except ValueError:
@@ -57,7 +58,7 @@ def add_chaos_command(commands: Any) -> None:
         help="fault scenario (default: all, taken in turn by seed)",
     )
     chaos.add_argument(
-        "--duration", type=_positive, default=8.0, metavar="S", help="seconds of faults per run (default: 8)"
+        "--duration", type=positive_number, default=8.0, metavar="S", help="seconds of faults per run (default: 8)"
     )
     chaos.add_argument("--jobs", type=_runs, default=1, help="runs side by side (default: 1)")
     chaos.add_argument("--workdir", type=Path, default=None, help="where runs keep their files (default: a temp dir)")

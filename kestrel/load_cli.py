@@ -18,29 +18,21 @@ from typing import Any
 
 import msgspec
 
+from kestrel.chaos_cli import positive_number
 from simulations.load import LoadReport, LoadSample, run_load
 
 __all__ = ["add_load_command", "cmd_load"]
 
 
-def _positive(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value!r}") from None
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value!r}")
-    return number
-
-
 def add_load_command(commands: Any) -> None:
     load = commands.add_parser("load", help="drive a real engine at a sustained quote rate; report memory and loop lag")
-    load.add_argument("--rate", type=_positive, default=5000.0, help="quotes per second (default: 5000)")
-    load.add_argument("--duration", type=_positive, default=600.0, metavar="S", help="seconds (default: 600)")
+    load.add_argument("--rate", type=positive_number, default=5000.0, help="quotes per second (default: 5000)")
+    load.add_argument("--duration", type=positive_number, default=600.0, metavar="S", help="seconds (default: 600)")
     load.add_argument("--symbols", type=int, default=8, help="symbols the quotes are spread over (default: 8)")
     load.add_argument("--seed", type=int, default=1, help="seed of the random walk (default: 1)")
     load.add_argument(
-        "--sample-every", type=_positive, default=10.0, metavar="S", help="seconds between memory samples (default: 10)"
+        "--sample-every", type=positive_number, default=10.0, metavar="S",
+        help="seconds between memory samples (default: 10)",
     )
     load.add_argument("--workdir", type=Path, default=None, help="engine journal, config and log (default: a temp dir)")
     load.add_argument("--json", action="store_true", help="print the report as one JSON object")
