@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import random
 from pathlib import Path
 
@@ -34,3 +35,16 @@ def random_walk_day(
         write_lean_zip(day / f"{date}_quote.zip", quote_rows),
         write_lean_zip(day / f"{date}_trade.zip", trade_rows),
     ]
+
+
+def shared_data() -> Path:
+    """The workplace's recordings (``../shared/data`` of the checkout; ``$KESTREL_SHARED_DATA``
+    or ``/work/shared/data`` when the checkout lives elsewhere, as CI's clean clone may)."""
+    override = os.environ.get("KESTREL_SHARED_DATA")
+    candidates = [Path(override)] if override else []
+    candidates += [Path(__file__).resolve().parents[2] / "shared" / "data", Path("/work/shared/data")]
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    return candidates[0]
+

@@ -57,8 +57,9 @@ from actors.features import (
 from adapters.lean_ticks import read_events
 from engine.errors import ConfigError, UserError
 from engine.messages import ExchangeQuote, TradeTick
+from tests.helpers import shared_data
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "us-equity-ticks" / "ibm"
+DATA = shared_data() / "us-equity-ticks" / "ibm"
 QUOTES = DATA / "20131007_quote.zip"
 TRADES = DATA / "20131007_trade.zip"
 REL = 1e-9
