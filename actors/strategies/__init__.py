@@ -5,6 +5,9 @@
 - ``rsi-reversion`` (:mod:`~actors.strategies.rsi_reversion`): long when the RSI of the
   1-minute bar closes enters oversold, flat when it enters overbought; the sample of
   declared features (shared pipeline, hash-pinnable) and target positions.
+- ``inverse-vol`` (:mod:`~actors.strategies.inverse_vol`): a multi-asset allocator holding
+  each symbol in proportion to 1 / its volatility of 1-minute bars, rebalanced on a timer
+  through target positions and :mod:`actors.allocation`.
 - ``ema-watch`` (:mod:`~actors.strategies.ema_watch`): computes the EMAs, never trades
   (the data-path benchmark).
 - ``fat-finger`` (:mod:`~actors.strategies.fat_finger`): an adversarial script of every
@@ -22,6 +25,7 @@ from actors.strategies.base import Strategy
 from actors.strategies.ema_cross import EmaCross
 from actors.strategies.ema_watch import EmaWatch
 from actors.strategies.fat_finger import FatFinger
+from actors.strategies.inverse_vol import InverseVol
 from actors.strategies.rsi_reversion import RsiReversion
 
 StrategyFactory = Callable[[str, Mapping[str, Any]], Strategy]
@@ -30,5 +34,6 @@ STRATEGIES: Final[dict[str, StrategyFactory]] = {
     "ema-cross": EmaCross.from_params,
     "ema-watch": EmaWatch.from_params,
     "fat-finger": FatFinger.from_params,
+    "inverse-vol": InverseVol.from_params,
     "rsi-reversion": RsiReversion.from_params,
 }
