@@ -21,6 +21,7 @@ import msgspec
 from engine.journal import Journal
 from engine.messages import (
     AccountBaseline,
+    CancelRequested,
     Fill,
     Message,
     OperatorActionRecorded,
@@ -67,6 +68,8 @@ class BookOrder(msgspec.Struct, kw_only=True, array_like=True, gc=False):
     execution_ids: list[str] = []
     acknowledged: bool = False
     """The venue has said something about this order (any update or fill)."""
+    cancel_requested: bool = False
+    """A ``CancelRequested`` is journaled for it: recovery re-sends the cancel while it works."""
 
     @property
     def is_terminal(self) -> bool:
@@ -96,7 +99,9 @@ class Book(msgspec.Struct, kw_only=True, array_like=True, dict=True):
     def __post_init__(self) -> None:
         self._working: dict[str, BookOrder] = {}
         self._unacknowledged: dict[str, BookOrder] = {}
+        self._by_intent: dict[str, BookOrder] = {}
         for order in self.orders.values():
+            self._by_intent[order.intent_id] = order
             self._index(order)
 
     def _index(self, order: BookOrder) -> None:
@@ -134,6 +139,10 @@ class Book(msgspec.Struct, kw_only=True, array_like=True, dict=True):
             self.trading_reason = record.reason
         elif isinstance(record, RiskRejected):
             self.risk_rejections += 1
+        elif isinstance(record, CancelRequested):
+            requested = self.orders.get(record.client_order_id)
+            if requested is not None:
+                requested.cancel_requested = True
         elif isinstance(record, (SignalRecorded, RiskDecision, OperatorActionRecorded, RunManifest)):
             # The audit trail (signals, risk decisions, operator actions) and the run manifest explain
             # the book and are not part of it; others write them, between the order manager's records.
@@ -164,6 +173,7 @@ class Book(msgspec.Struct, kw_only=True, array_like=True, dict=True):
             time_in_force=order.time_in_force,
             submitted_ns=ts_init,
         )
+        self._by_intent[added.intent_id] = added
         self._index(added)
 
     def _update(self, update: OrderUpdate) -> None:
@@ -215,6 +225,10 @@ class Book(msgspec.Struct, kw_only=True, array_like=True, dict=True):
         self.positions = {symbol: qty for symbol, qty in baseline.positions.items() if qty}
 
     # ------------------------------------------------------------ queries
+
+    def by_intent(self, intent_id: str) -> BookOrder | None:
+        """The order placed for ``intent_id`` (``None``: no order was placed for it)."""
+        return self._by_intent.get(intent_id)
 
     def working(self) -> list[BookOrder]:
         """Orders not in a terminal status, oldest first."""

@@ -60,7 +60,10 @@ from engine.messages import (
     AccountBaseline,
     ActorStats,
     ApprovedOrder,
+    CancelIntent,
     CancelOrder,
+    CancelRejected,
+    CancelRequested,
     Fill,
     FillHistory,
     FillHistoryQuery,
@@ -194,6 +197,8 @@ class OrderManagerActor(Actor):
             "ack_lookups": 0,
             "journal_failures": 0,
             "halt_cancels": 0,
+            "cancels_requested": 0,
+            "cancels_refused": 0,
         }
 
     # ------------------------------------------------------------ lifecycle
@@ -239,6 +244,8 @@ class OrderManagerActor(Actor):
         kind = type(message)
         if kind is ApprovedOrder:
             await self._submit(message.intent)
+        elif kind is CancelIntent:
+            await self._cancel_intent(message)
         elif kind is VenueExecution:
             await self._on_execution(message)
         elif kind is OrderUpdate:
@@ -425,6 +432,66 @@ class OrderManagerActor(Actor):
                 ts_init=self.ctx.clock.time_ns(),
             ),
         )
+
+    async def _cancel_intent(self, cancel: CancelIntent) -> None:
+        """Resolve a strategy's cancel to its order, journal the request, then send ``CancelOrder``.
+
+        The cancel travelled behind the intent it names through risk's and our mailboxes, so
+        an order placed for that intent is already in the book; if there is none, the intent
+        was refused (risk or journal) and there is nothing to cancel.
+        """
+        order = self.book.by_intent(cancel.intent_id)
+        if order is None:
+            await self._refuse_cancel(cancel, "UNKNOWN_INTENT", f"no order was placed for intent {cancel.intent_id}")
+            return
+        if order.strategy != cancel.strategy:
+            detail = f"intent {cancel.intent_id} is an order of strategy {order.strategy!r}"
+            await self._refuse_cancel(cancel, "NOT_OWNER", detail)
+            return
+        if order.is_terminal:
+            detail = f"order {order.client_order_id} is already {order.status.value}"
+            await self._refuse_cancel(cancel, "NOT_WORKING", detail)
+            return
+        if self.journal_failed is not None:
+            # Journal first, always; trading is halted, and halting cancels every working order anyway.
+            await self._refuse_cancel(cancel, JOURNAL_FAILED, f"journal write failed: {self.journal_failed}")
+            return
+        now = self.ctx.clock.time_ns()
+        record = CancelRequested(
+            client_order_id=order.client_order_id,
+            intent_id=cancel.intent_id,
+            strategy=cancel.strategy,
+            reason=cancel.reason,
+            ts_init=now,
+        )
+        try:
+            await self._record(record)
+        except JournalError as exc:
+            await self._refuse_cancel(cancel, JOURNAL_FAILED, f"not sent: journal write failed: {exc}")
+            return
+        self.counters["cancels_requested"] += 1
+        self.ctx.log.info(
+            "cancel_requested",
+            client_order_id=order.client_order_id,
+            intent_id=cancel.intent_id,
+            strategy=cancel.strategy,
+            reason=cancel.reason,
+        )
+        await self.ctx.publish(topics.VENUE_COMMAND, CancelOrder(client_order_id=order.client_order_id, ts_init=now))
+
+    async def _refuse_cancel(self, cancel: CancelIntent, reason: str, detail: str) -> None:
+        self.counters["cancels_refused"] += 1
+        self.ctx.log.warning(
+            "cancel_refused", intent_id=cancel.intent_id, strategy=cancel.strategy, reason=reason, detail=detail
+        )
+        rejected = CancelRejected(
+            intent_id=cancel.intent_id,
+            strategy=cancel.strategy,
+            reason=reason,
+            detail=detail,
+            ts_init=self.ctx.clock.time_ns(),
+        )
+        await self.ctx.publish(topics.ORDER_EVENT, rejected)
 
     async def _on_execution(self, execution: VenueExecution) -> None:
         order = self.book.orders.get(execution.client_order_id)
@@ -698,7 +765,24 @@ class OrderManagerActor(Actor):
         )
         if state is TradingState.HALTED:
             await self._cancel_working(reason)
+        else:
+            await self._resend_cancels()
         return report
+
+    async def _resend_cancels(self) -> None:
+        """After recovery: send again every journaled cancel whose order the venue still works.
+
+        The previous process journaled the request and may have died before the cancel
+        left (or before the venue answered): a strategy's cancel outlives a crash.
+        """
+        pending = [order for order in self.book.working() if order.cancel_requested]
+        if not pending:
+            return
+        self.ctx.log.warning("recovery_resending_cancels", orders=[o.client_order_id for o in pending])
+        now = self.ctx.clock.time_ns()
+        for order in pending:
+            cancel = CancelOrder(client_order_id=order.client_order_id, ts_init=now)
+            await self.ctx.publish(topics.VENUE_COMMAND, cancel)
 
     async def _adopt(self, venue_order: VenueOrder) -> None:
         client_order_id = venue_order.client_order_id

@@ -110,6 +110,8 @@ from engine.messages import (
     ActorStats,
     ApprovedOrder,
     BestBidOffer,
+    CancelIntent,
+    CancelRejected,
     Fill,
     MarketDataStatus,
     OperatorAction,
@@ -266,6 +268,8 @@ class RiskActor(Actor):
                 self._price_seeded(message)
         elif kind is OrderIntent:
             await self._check(message)
+        elif kind is CancelIntent:
+            await self._check_cancel(message)
         elif kind is SymbolTradingStatus:
             self._trading_status(message)
         elif kind is MarketDataStatus:
@@ -512,6 +516,34 @@ class RiskActor(Actor):
             topics.ORDER_APPROVED,
             ApprovedOrder(intent=intent, reference_price=reference, ts_init=now, inputs=decision.inputs),
         )
+
+    async def _check_cancel(self, cancel: CancelIntent) -> None:
+        """A cancel takes risk off: no trading state, halt, stale quote or pause blocks it.
+
+        Only the account-wide cancel-rate cap (``max_cancels_per_s``: a strategy or an
+        algorithm cancelling in a loop floods the venue) refuses one, with a
+        ``CancelRejected`` the strategy hears on ``order.event``. The order manager decides
+        whether there is anything to cancel.
+        """
+        now = self._now()
+        refusal = self.checker.check_cancel(now, self.policy.account)
+        if refusal is not None:
+            self.rejections[refusal.code] += 1
+            self.ctx.log.warning(
+                "cancel_refused", intent_id=cancel.intent_id, strategy=cancel.strategy, reason=refusal.code,
+                detail=refusal.detail,
+            )
+            rejected = CancelRejected(
+                intent_id=cancel.intent_id,
+                strategy=cancel.strategy,
+                reason=refusal.code,
+                detail=refusal.detail,
+                ts_init=now,
+            )
+            await self.ctx.publish(topics.ORDER_EVENT, rejected)
+            return
+        self.checker.record_cancel(now)
+        await self.ctx.publish(topics.ORDER_APPROVED, cancel)
 
     def _now(self) -> int:
         """The engine clock, never earlier than the last time the checks saw: a wall clock

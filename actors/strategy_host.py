@@ -24,6 +24,17 @@ every computation), checks every pin (:func:`build_pipeline`), and updates it on
 quote (mid), trade and bar *before* the strategy's hook, so the hook reads values that
 include the message it is handed. Inputs nobody declared cost nothing.
 
+Cancels and execution algorithms: a :class:`~engine.messages.CancelIntent` is published on
+``order.intent`` like an order (risk, then the order manager, resolve it); a
+``CancelRejected`` comes back to ``on_cancel_rejected``. An
+:class:`~actors.execution.ExecutionAlgo` a hook returns is started and run here: it sees
+every quote and trade, the fills, updates and rejections of its own children, and its
+timers (clock timers of this actor); its children are the strategy's intents (in flight,
+journaled with a ``SignalRecorded`` naming the algorithm) and its cancels go out as
+``CancelIntent``s. Once it is done and none of its children works any more, the strategy's
+``on_execution_done`` hears of it. Algorithms live in memory: after a restart the children
+still working are in flight (seeded from the order manager) and the strategy decides.
+
 Timers: :meth:`Strategy.schedule` requests become clock timers of this actor
 (``ctx.tell_self_at``), so replay fires them at exact simulated times, in order. A timer
 set by an earlier incarnation of the actor (before a restart) is ignored: the strategy
@@ -39,6 +50,7 @@ from typing import Any, Final
 
 import msgspec
 
+from actors.execution import Actions, ExecutionAlgo
 from actors.features import FeaturePipeline, PipelineRegistry
 from actors.strategies.base import Decision, FeatureView, Strategy, TargetPosition, feature
 from engine import topics
@@ -48,6 +60,8 @@ from engine.messages import (
     ActorStats,
     Bar,
     BestBidOffer,
+    CancelIntent,
+    CancelRejected,
     Fill,
     MarketDataStatus,
     OrderIntent,
@@ -108,6 +122,28 @@ class StrategyTimer:
     """The time asked for."""
 
 
+@dataclass(frozen=True, slots=True)
+class AlgoTimer:
+    """An execution algorithm's timer is due (a message to the actor itself)."""
+
+    algo_id: int
+    incarnation: int
+    ts_init: int
+
+
+class _RunningAlgo:
+    """An execution algorithm the host runs for the strategy."""
+
+    __slots__ = ("algo", "algo_id", "label", "timer_ns")
+
+    def __init__(self, algo_id: int, algo: ExecutionAlgo) -> None:
+        self.algo_id = algo_id
+        self.algo = algo
+        self.label = f"{type(algo).__name__}#{algo_id}"
+        self.timer_ns: int | None = None
+        """The time of the timer armed for it (``None``: none)."""
+
+
 class _InFlight:
     """An intent of ours whose order may still trade: what it would still add to the position."""
 
@@ -129,6 +165,7 @@ _HOOKS: Final[Mapping[type, str]] = {
     Fill: "on_fill",
     OrderUpdate: "on_order_update",
     RiskRejected: "on_rejected",
+    CancelRejected: "on_cancel_rejected",
     MarketDataStatus: "on_market_status",
     ProviderSwitched: "on_market_status",
     SymbolTradingStatus: "on_market_status",
@@ -171,6 +208,9 @@ class StrategyActor(Actor):
         self.market_status = 0
         self.bars = 0
         self.timers = 0
+        self.cancels = 0
+        self.algos_started = 0
+        self._algos: dict[int, _RunningAlgo] = {}
 
     async def on_start(self) -> None:
         # Intent ids: <strategy>[.b<boot>].<incarnation>-<n>, unique even though a
@@ -227,14 +267,20 @@ class StrategyActor(Actor):
         now = self.ctx.clock.time_ns()
         kind = type(message)
         decisions: Sequence[Decision]
+        algos: list[tuple[_RunningAlgo, Actions]] = []
+        """What the running execution algorithms make of the message (applied after the hook)."""
         if kind is BestBidOffer:
             if self._mid_features:  # the mid as a float: a feature, not money
                 self.pipeline.on_mid(message.symbol, float(message.bid_price + message.ask_price) / 2.0)
             decisions = strategy.on_bbo(message, now)
+            if self._algos:
+                algos = [(r, r.algo.on_bbo(message, now)) for r in list(self._algos.values())]
         elif kind is TradeTick:
             if self._trade_features:
                 self.pipeline.on_trade(message.symbol, float(message.price), float(message.size))
             decisions = strategy.on_trade(message, now)
+            if self._algos:
+                algos = [(r, r.algo.on_trade(message, now)) for r in list(self._algos.values())]
         elif kind is Bar:
             self.bars += 1
             if self._bar_features:
@@ -253,6 +299,13 @@ class StrategyActor(Actor):
             del self._timers[message.name]
             self.timers += 1
             decisions = strategy.on_timer(message.name, now)
+        elif kind is AlgoTimer:
+            running = self._algos.get(message.algo_id)
+            if message.incarnation != self.ctx.restarts or running is None or running.timer_ns != message.ts_init:
+                return None  # re-armed for another time since, or the algorithm is gone
+            running.timer_ns = None
+            decisions = ()
+            algos = [(running, running.algo.on_timer(now))]
         elif kind is AccountBaseline:
             # Recovery's first look at the account: what it holds is where we start.
             self._restore(message.positions)
@@ -263,18 +316,26 @@ class StrategyActor(Actor):
             if message.strategy != strategy.name:
                 return None
             self._on_fill(message)
+            algos = self._owners(message.intent_id, lambda algo: algo.on_fill(message, now))
             decisions = strategy.on_fill(message, now)
         elif kind is OrderUpdate:
             if message.strategy != strategy.name:
                 return None
             if message.status.is_terminal and message.intent_id is not None:
                 self._in_flight.pop(message.intent_id, None)
+            if message.intent_id is not None:
+                algos = self._owners(message.intent_id, lambda algo: algo.on_update(message, now))
             decisions = strategy.on_order_update(message, now)
         elif kind is RiskRejected:
             if message.strategy != strategy.name:
                 return None
             self._in_flight.pop(message.intent_id, None)
+            algos = self._owners(message.intent_id, lambda algo: algo.on_rejected(message, now))
             decisions = strategy.on_rejected(message, now)
+        elif kind is CancelRejected:
+            if message.strategy != strategy.name:
+                return None
+            decisions = strategy.on_cancel_rejected(message, now)
         elif kind is MarketDataStatus or kind is ProviderSwitched or kind is SymbolTradingStatus:
             self.market_status += 1
             decisions = strategy.on_market_status(message, now)
@@ -286,21 +347,34 @@ class StrategyActor(Actor):
                     "market_status": self.market_status,
                     "bars": self.bars,
                     "timers": self.timers,
+                    "cancels": self.cancels,
+                    "algos_started": self.algos_started,
+                    "algos_running": len(self._algos),
                 }
             )
         else:
             raise TypeError(f"strategy actor cannot handle {kind.__name__}")
+        if decisions is None:
+            raise TypeError(
+                f"strategy {strategy.name!r}: {type(strategy).__name__}.{_HOOKS[kind]} returned None;"
+                " a hook must return a list (empty for nothing to do)"
+            )
         if self._requested:
             self._arm_timers()
-        if not decisions:
-            if decisions is None:
-                raise TypeError(
-                    f"strategy {strategy.name!r}: {type(strategy).__name__}.{_HOOKS[kind]} returned None;"
-                    " a hook must return a list (empty for nothing to do)"
-                )
-            return None
-        await self._emit(message, kind, decisions, now)
+        if decisions:
+            await self._emit(message, kind, decisions, now)
+        for running, actions in algos:
+            await self._apply(running, actions, message, kind, now)
         return None
+
+    def _owners(
+        self, intent_id: str, call: Callable[[ExecutionAlgo], Actions]
+    ) -> list[tuple[_RunningAlgo, Actions]]:
+        """``call`` on the running algorithm whose child ``intent_id`` is (none, or one)."""
+        for running in self._algos.values():
+            if running.algo.owns(intent_id):
+                return [(running, call(running.algo))]
+        return []
 
     def _on_fill(self, fill: Fill) -> None:
         signed = fill.qty * fill.side.sign
@@ -318,48 +392,111 @@ class StrategyActor(Actor):
         return sum((f.remaining for f in self._in_flight.values() if f.symbol == symbol), ZERO)
 
     async def _emit(self, message: Any, kind: type, decisions: Sequence[Decision], now: int) -> None:
-        # Each intent, then its signal on ``audit``: risk is woken first, so the audit actor's
-        # turn is not on the way from the strategy to risk. It still comes before the order
-        # manager's (woken later, by the approval), so the signal is journaled ahead of the
-        # decision and the order it explains (see actors/audit.py).
         strategy = self.strategy
         features = strategy.take_features()
-        ts_trigger = _event_time(message)
-        trigger = kind.__name__
-        priced_ns = message.ts_init if kind is BestBidOffer else message.ts_recv if kind is TradeTick else 0
         for decision in decisions:
-            if type(decision) is OrderIntent:
-                intent = decision
-                noted = features.get(intent.intent_id, {})
-            elif type(decision) is TargetPosition:
+            decided = type(decision)
+            if decided is OrderIntent:
+                assert isinstance(decision, OrderIntent)
+                await self._send(decision, features.get(decision.intent_id, {}), message, kind, now)
+            elif decided is TargetPosition:
+                assert isinstance(decision, TargetPosition)
                 converted = self._target_intent(decision, now)
-                if converted is None:
-                    continue
-                intent, noted = converted
+                if converted is not None:
+                    await self._send(*converted, message, kind, now)
+            elif decided is CancelIntent:
+                assert isinstance(decision, CancelIntent)
+                await self._send_cancel(decision)
+            elif isinstance(decision, ExecutionAlgo):
+                await self._start_algo(decision, message, kind, now)
             else:
                 raise TypeError(
                     f"strategy {strategy.name!r}: {type(strategy).__name__}.{_HOOKS[kind]} returned"
-                    f" {type(decision).__name__}; a hook returns OrderIntent and TargetPosition values"
+                    f" {decided.__name__}; a hook returns OrderIntent, TargetPosition, CancelIntent and"
+                    " ExecutionAlgo values"
                 )
-            self.intents += 1
-            if priced_ns:
-                intent = msgspec.structs.replace(intent, ts_trigger=priced_ns)
-            self._in_flight[intent.intent_id] = _InFlight(intent.symbol, intent.qty * intent.side.sign)
-            signal = SignalRecorded(
-                intent_id=intent.intent_id,
-                strategy=intent.strategy,
-                symbol=intent.symbol,
-                side=intent.side,
-                qty=intent.qty,
-                order_type=intent.order_type,
-                limit_price=intent.limit_price,
-                features=noted,
-                trigger=trigger,
-                ts_trigger=ts_trigger,
-                ts_init=now,
+
+    async def _send(self, intent: OrderIntent, noted: dict[str, str], message: Any, kind: type, now: int) -> None:
+        """Publish one intent, then its signal on ``audit``.
+
+        Risk is woken first, so the audit actor's turn is not on the way from the strategy
+        to risk. It still comes before the order manager's (woken later, by the approval),
+        so the signal is journaled ahead of the decision and the order it explains (see
+        actors/audit.py).
+        """
+        self.intents += 1
+        priced_ns = message.ts_init if kind is BestBidOffer else message.ts_recv if kind is TradeTick else 0
+        if priced_ns:
+            intent = msgspec.structs.replace(intent, ts_trigger=priced_ns)
+        self._in_flight[intent.intent_id] = _InFlight(intent.symbol, intent.qty * intent.side.sign)
+        signal = SignalRecorded(
+            intent_id=intent.intent_id,
+            strategy=intent.strategy,
+            symbol=intent.symbol,
+            side=intent.side,
+            qty=intent.qty,
+            order_type=intent.order_type,
+            limit_price=intent.limit_price,
+            features=noted,
+            trigger=kind.__name__,
+            ts_trigger=_event_time(message),
+            ts_init=now,
+        )
+        await self.ctx.publish(topics.ORDER_INTENT, intent)
+        await self.ctx.publish(topics.AUDIT, signal)
+
+    async def _send_cancel(self, cancel: CancelIntent) -> None:
+        if cancel.strategy != self.strategy.name:
+            raise TypeError(
+                f"strategy {self.strategy.name!r} returned a CancelIntent of strategy {cancel.strategy!r};"
+                " a strategy cancels its own orders (Strategy.cancel)"
             )
-            await self.ctx.publish(topics.ORDER_INTENT, intent)
-            await self.ctx.publish(topics.AUDIT, signal)
+        self.cancels += 1
+        await self.ctx.publish(topics.ORDER_INTENT, cancel)
+
+    async def _start_algo(self, algo: ExecutionAlgo, message: Any, kind: type, now: int) -> None:
+        if algo.strategy != self.strategy.name:
+            raise TypeError(
+                f"strategy {self.strategy.name!r} returned a {type(algo).__name__} built for strategy"
+                f" {algo.strategy!r}; build it with strategy=self.name (its children's fills are routed by it)"
+            )
+        if algo.started:
+            raise TypeError(f"strategy {self.strategy.name!r} returned a {type(algo).__name__} already started")
+        self.algos_started += 1
+        running = self._algos[self.algos_started] = _RunningAlgo(self.algos_started, algo)
+        self.ctx.log.info("execution_started", strategy=self.strategy.name, algo=running.label, symbol=algo.symbol)
+        await self._apply(running, algo.start(now), message, kind, now)
+
+    async def _apply(self, running: _RunningAlgo, actions: Actions, message: Any, kind: type, now: int) -> None:
+        """Carry out what an algorithm decided: its children, its cancels, its timer; retire it when done."""
+        algo = running.algo
+        for intent in actions.intents:
+            await self._send(intent, {"algo": running.label}, message, kind, now)
+        for intent_id in actions.cancels:
+            cancel = CancelIntent(intent_id=intent_id, strategy=algo.strategy, reason=running.label, ts_init=now)
+            await self._send_cancel(cancel)
+        due = actions.next_timer_ns
+        if due is not None and due != running.timer_ns:
+            running.timer_ns = due
+            self.ctx.tell_self_at(due, AlgoTimer(running.algo_id, self.ctx.restarts, due))
+        if actions.done and not algo.children.working() and self._algos.pop(running.algo_id, None) is not None:
+            self.ctx.log.info(
+                "execution_done",
+                strategy=algo.strategy,
+                algo=running.label,
+                reason=actions.reason,
+                filled=str(algo.filled_qty),
+            )
+            decisions = self.strategy.on_execution_done(algo, now)
+            if decisions is None:
+                raise TypeError(
+                    f"strategy {self.strategy.name!r}: {type(self.strategy).__name__}.on_execution_done returned"
+                    " None; a hook must return a list (empty for nothing to do)"
+                )
+            if self._requested:
+                self._arm_timers()
+            if decisions:
+                await self._emit(message, kind, decisions, now)
 
     def _target_intent(self, target: TargetPosition, now: int) -> tuple[OrderIntent, dict[str, str]] | None:
         """The market order that takes the strategy from where it is (and is going) to ``target``."""

@@ -292,6 +292,54 @@ class CancelOrder(Event, frozen=True, kw_only=True):
     ts_init: int
 
 
+class CancelIntent(Event, frozen=True, kw_only=True):
+    """A strategy asks for one of its orders to be cancelled, named by the intent id it chose.
+
+    Strategies (and execution algorithms) know an order's intent id the moment they create
+    it; its client order id exists only once the order manager has journaled the order. So
+    a cancel names the intent, takes the intent's path (``order.intent`` → risk →
+    ``order.approved`` → order manager) and, travelling behind the order it cancels through
+    the same FIFO mailboxes, always finds that order already in the order manager's book.
+    The order manager resolves it to a client order id, journals a ``CancelRequested`` and
+    only then sends ``CancelOrder``. A cancel that cannot be carried out comes back as a
+    :class:`CancelRejected`; the venue's confirmation is the order's ``OrderUpdate``.
+    """
+
+    intent_id: str
+    strategy: str
+    reason: str = ""
+    ts_init: int
+
+
+class CancelRequested(Event, frozen=True, kw_only=True):
+    """Journal record: the order manager is about to send ``CancelOrder`` for this order.
+
+    Written before the cancel leaves, like an order before its submit: after a crash,
+    recovery sends the cancel again for an order the venue still has working.
+    """
+
+    client_order_id: str
+    intent_id: str
+    strategy: str
+    reason: str
+    ts_init: int
+
+
+class CancelRejected(Event, frozen=True, kw_only=True):
+    """A :class:`CancelIntent` that was not carried out, and why (``order.event``).
+
+    ``reason`` is a stable code: ``CANCEL_RATE`` (risk's cancel-rate cap), ``NOT_WORKING``
+    (the order is already final, or was never sent), ``UNKNOWN_INTENT`` (no order has that
+    intent id), ``NOT_OWNER`` (another strategy's order) or ``JOURNAL_FAILED``.
+    """
+
+    intent_id: str
+    strategy: str
+    reason: str
+    detail: str
+    ts_init: int
+
+
 class OrderUpdate(Event, frozen=True, kw_only=True):
     """A venue's report of an order's new state (ack, cancel, reject, expiry)."""
 
@@ -827,6 +875,9 @@ Message = (
     | ApprovedOrder
     | SubmitOrder
     | CancelOrder
+    | CancelIntent
+    | CancelRequested
+    | CancelRejected
     | OrderUpdate
     | VenueExecution
     | Fill

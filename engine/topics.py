@@ -10,12 +10,12 @@ topic              messages                                    from → to
 ``md.bar``         Bar (time bars of what pricing published)   pricing → strategies
 ``md.status``      MarketDataStatus, ProviderSwitched,         pricing → strategies, risk
                    SymbolTradingStatus
-``order.intent``   OrderIntent                                 strategies → risk
-``order.approved`` ApprovedOrder                               risk → order manager
+``order.intent``   OrderIntent, CancelIntent                   strategies → risk
+``order.approved`` ApprovedOrder, CancelIntent                 risk → order manager
 ``venue.command``  SubmitOrder, CancelOrder                    order manager → venue adapter
 ``venue.report``   OrderUpdate, VenueExecution                 venue adapter → order manager
 ``order.fill``     Fill, AccountBaseline                       order manager → settlement, strategies
-``order.event``    RiskRejected, OrderUpdate                   risk, order manager → strategies
+``order.event``    RiskRejected, OrderUpdate, CancelRejected   risk, order manager → strategies
 ``venue.status``   VenueStatus                                 venue adapter → risk
 ``trading.state``  TradingStateChanged                         order manager (journal) → risk, strategies
 ``trading.request`` TradingStateRequest                        risk → order manager (which journals it)

@@ -19,9 +19,20 @@ returning ``None`` is a bug the host refuses with a ``TypeError``, never a silen
 - data health: :meth:`Strategy.on_market_status` (every status), whose default calls
   :meth:`Strategy.on_stale` when a symbol's data turns stale.
 
-What a hook returns: :class:`~engine.messages.OrderIntent` values (an order, as is), and/or
-:class:`TargetPosition` values ("hold this much"), which the host turns into the order for
-the difference between the target and what the strategy holds plus what it has in flight.
+What a hook returns, in any mix:
+
+- :class:`~engine.messages.OrderIntent` values: an order, as is;
+- :class:`TargetPosition` values ("hold this much"), which the host turns into the order for
+  the difference between the target and what the strategy holds plus what it has in flight;
+- :class:`~engine.messages.CancelIntent` values (:meth:`Strategy.cancel`): cancel one of the
+  strategy's orders, named by its intent id. It takes the intent's path through risk to the
+  order manager; a cancel that cannot be carried out comes back to
+  :meth:`Strategy.on_cancel_rejected`, the venue's confirmation to :meth:`Strategy.on_order_update`;
+- an :class:`~actors.execution.ExecutionAlgo` (TWAP, VWAP, limit chaser, bracket) built with
+  ``strategy=self.name`` and ``make_intent_id=self.next_intent_id``: the host runs it — feeds
+  it quotes, trades, its children's fills and updates, arms its timers, sends its children
+  through risk and its cancels as ``CancelIntent``s — and calls :meth:`Strategy.on_execution_done`
+  when it has finished and none of its children works any more.
 
 Features: a strategy declares the features it reads (:attr:`Strategy.features`, a tuple
 of :class:`~actors.features.FeatureSpec`). The host builds one
@@ -40,11 +51,14 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from actors.execution import ExecutionAlgo
 from actors.features import FeaturePipeline, FeatureSpec
 from engine.errors import ConfigError
 from engine.messages import (
     Bar,
     BestBidOffer,
+    CancelIntent,
+    CancelRejected,
     Fill,
     MarketDataStatus,
     OrderIntent,
@@ -93,7 +107,7 @@ class TargetPosition(msgspec.Struct, frozen=True, kw_only=True):
     """Feature values that produced the target (see :func:`feature`), for the audit trail."""
 
 
-Decision = OrderIntent | TargetPosition
+Decision = OrderIntent | TargetPosition | CancelIntent | ExecutionAlgo
 """What a hook may return items of."""
 
 
@@ -178,6 +192,14 @@ class Strategy:
         self._noted_features = {}
         return noted
 
+    def cancel(self, intent_id: str, now_ns: int, reason: str = "") -> CancelIntent:
+        """A cancel of this strategy's order placed for ``intent_id``, to return from a hook.
+
+        Works before the order is acknowledged (even before it has a client order id): the
+        cancel follows the intent through risk to the order manager, which resolves it.
+        """
+        return CancelIntent(intent_id=intent_id, strategy=self.name, reason=reason, ts_init=now_ns)
+
     # -- timers -----------------------------------------------------------------------
 
     def schedule(self, name: str, at_ns: int) -> None:
@@ -229,6 +251,16 @@ class Strategy:
         return []
 
     def on_rejected(self, rejection: RiskRejected, now_ns: int) -> Sequence[Decision]:
+        return []
+
+    def on_cancel_rejected(self, rejection: CancelRejected, now_ns: int) -> Sequence[Decision]:
+        """A cancel of ours was not carried out (``rejection.reason``: a stable code, e.g.
+        ``NOT_WORKING`` when the order had already ended)."""
+        return []
+
+    def on_execution_done(self, algo: ExecutionAlgo, now_ns: int) -> Sequence[Decision]:
+        """An execution algorithm this strategy started has finished (``algo.reason`` says how,
+        ``algo.filled_qty`` how much) and none of its children works any more."""
         return []
 
     def on_market_status(
