@@ -50,11 +50,13 @@ from typing import Any, Final
 
 import msgspec
 
-from actors.execution import Actions, ExecutionAlgo
+from actors.execution import TWAP, Actions, ExecutionAlgo, LimitChaser, OnExhausted
 from actors.features import FeaturePipeline, PipelineRegistry
 from actors.strategies.base import Decision, FeatureView, Strategy, TargetPosition, feature
 from engine import topics
 from engine.actor import Actor
+from engine.clock import NS_PER_S
+from engine.config import ExecutionSection
 from engine.messages import (
     AccountBaseline,
     ActorStats,
@@ -134,14 +136,22 @@ class AlgoTimer:
 class _RunningAlgo:
     """An execution algorithm the host runs for the strategy."""
 
-    __slots__ = ("algo", "algo_id", "label", "timer_ns")
+    __slots__ = ("algo", "algo_id", "label", "noted", "target", "timer_ns")
 
-    def __init__(self, algo_id: int, algo: ExecutionAlgo) -> None:
+    def __init__(
+        self, algo_id: int, algo: ExecutionAlgo, target: Decimal | None = None, noted: dict[str, str] | None = None
+    ) -> None:
         self.algo_id = algo_id
         self.algo = algo
         self.label = f"{type(algo).__name__}#{algo_id}"
         self.timer_ns: int | None = None
         """The time of the timer armed for it (``None``: none)."""
+        self.target = target
+        """For an algorithm working a ``TargetPosition`` (``[strategy.execution]``): the target
+        quantity. Its whole signed quantity is one in-flight reservation (keyed by
+        :attr:`label`) until it retires, so a repeated target does not start another."""
+        self.noted = noted or {}
+        """The features its children are journaled with (a target's, plus the algorithm's name)."""
 
 
 class _InFlight:
@@ -181,9 +191,12 @@ class StrategyActor(Actor):
         *,
         pipeline_hash: str = "",
         orders_address: str | None = None,
+        execution: ExecutionSection | None = None,
     ) -> None:
         """``pipeline_hash``: the config's pin (``[strategy] pipeline_hash``; empty: none).
-        ``orders_address``: the order manager, asked for working orders at start (None: not asked)."""
+        ``orders_address``: the order manager, asked for working orders at start (None: not asked).
+        ``execution``: how a ``TargetPosition``'s order is worked (default: one market order)."""
+        self.execution = execution if execution is not None else ExecutionSection()
         strategy = self.strategy = build()
         self.portfolio_address = portfolio_address
         self.orders_address = orders_address
@@ -211,6 +224,13 @@ class StrategyActor(Actor):
         self.cancels = 0
         self.algos_started = 0
         self._algos: dict[int, _RunningAlgo] = {}
+        self._target_algos: dict[str, _RunningAlgo] = {}
+        """symbol → the algorithm working the strategy's latest target in it."""
+        self._flight_of: dict[str, str] = {}
+        """Child intent id → the in-flight reservation of the target algorithm that sent it."""
+        self._quotes: dict[str, BestBidOffer] = {}
+        """The latest quote per symbol, kept only when targets are worked by an algorithm (it
+        is handed the quote at its start, so a chaser started from a bar or timer can price)."""
 
     async def on_start(self) -> None:
         # Intent ids: <strategy>[.b<boot>].<incarnation>-<n>, unique even though a
@@ -273,6 +293,8 @@ class StrategyActor(Actor):
             if self._mid_features:  # the mid as a float: a feature, not money
                 self.pipeline.on_mid(message.symbol, float(message.bid_price + message.ask_price) / 2.0)
             decisions = strategy.on_bbo(message, now)
+            if self.execution.algo != "market":
+                self._quotes[message.symbol] = message
             if self._algos:
                 algos = [(r, r.algo.on_bbo(message, now)) for r in list(self._algos.values())]
         elif kind is TradeTick:
@@ -331,6 +353,12 @@ class StrategyActor(Actor):
                 return None
             self._in_flight.pop(message.intent_id, None)
             algos = self._owners(message.intent_id, lambda algo: algo.on_rejected(message, now))
+            for running, _ in list(algos):
+                if running.target is not None:
+                    # A refused child ends a target's algorithm, as a refused market order ends
+                    # the target: the strategy's next target tries again. Slice after slice
+                    # refused (a closed market) would otherwise trip risk's runaway guard.
+                    algos.append((running, running.algo.stop(now, f"a child was refused: {message.reason}")))
             decisions = strategy.on_rejected(message, now)
         elif kind is CancelRejected:
             if message.strategy != strategy.name:
@@ -379,12 +407,13 @@ class StrategyActor(Actor):
     def _on_fill(self, fill: Fill) -> None:
         signed = fill.qty * fill.side.sign
         self.positions[fill.symbol] = self.positions.get(fill.symbol, ZERO) + signed
-        flight = self._in_flight.get(fill.intent_id)
+        key = self._flight_of.get(fill.intent_id, fill.intent_id)
+        flight = self._in_flight.get(key)
         if flight is not None and fill.execution_id not in flight.counted:
             before = flight.remaining
             after = before - signed
             if after == 0 or (after > 0) != (before > 0):
-                del self._in_flight[fill.intent_id]  # filled in full (or past it: never flip its side)
+                del self._in_flight[key]  # filled in full (or past it: never flip its side)
             else:
                 flight.remaining = after
 
@@ -401,6 +430,9 @@ class StrategyActor(Actor):
                 await self._send(decision, features.get(decision.intent_id, {}), message, kind, now)
             elif decided is TargetPosition:
                 assert isinstance(decision, TargetPosition)
+                if self.execution.algo != "market":
+                    await self._target_algo(decision, message, kind, now)
+                    continue
                 converted = self._target_intent(decision, now)
                 if converted is not None:
                     await self._send(*converted, message, kind, now)
@@ -416,7 +448,15 @@ class StrategyActor(Actor):
                     " ExecutionAlgo values"
                 )
 
-    async def _send(self, intent: OrderIntent, noted: dict[str, str], message: Any, kind: type, now: int) -> None:
+    async def _send(
+        self,
+        intent: OrderIntent,
+        noted: dict[str, str],
+        message: Any,
+        kind: type,
+        now: int,
+        reservation: str | None = None,
+    ) -> None:
         """Publish one intent, then its signal on ``audit``.
 
         Risk is woken first, so the audit actor's turn is not on the way from the strategy
@@ -428,7 +468,10 @@ class StrategyActor(Actor):
         priced_ns = message.ts_init if kind is BestBidOffer else message.ts_recv if kind is TradeTick else 0
         if priced_ns:
             intent = msgspec.structs.replace(intent, ts_trigger=priced_ns)
-        self._in_flight[intent.intent_id] = _InFlight(intent.symbol, intent.qty * intent.side.sign)
+        if reservation is None:
+            self._in_flight[intent.intent_id] = _InFlight(intent.symbol, intent.qty * intent.side.sign)
+        else:  # a target algorithm's child: its reservation already counts it
+            self._flight_of[intent.intent_id] = reservation
         signal = SignalRecorded(
             intent_id=intent.intent_id,
             strategy=intent.strategy,
@@ -470,8 +513,9 @@ class StrategyActor(Actor):
     async def _apply(self, running: _RunningAlgo, actions: Actions, message: Any, kind: type, now: int) -> None:
         """Carry out what an algorithm decided: its children, its cancels, its timer; retire it when done."""
         algo = running.algo
+        reservation = running.label if running.target is not None else None
         for intent in actions.intents:
-            await self._send(intent, {"algo": running.label}, message, kind, now)
+            await self._send(intent, {**running.noted, "algo": running.label}, message, kind, now, reservation)
         for intent_id in actions.cancels:
             cancel = CancelIntent(intent_id=intent_id, strategy=algo.strategy, reason=running.label, ts_init=now)
             await self._send_cancel(cancel)
@@ -480,6 +524,8 @@ class StrategyActor(Actor):
             running.timer_ns = due
             self.ctx.tell_self_at(due, AlgoTimer(running.algo_id, self.ctx.restarts, due))
         if actions.done and not algo.children.working() and self._algos.pop(running.algo_id, None) is not None:
+            if running.target is not None:
+                self._release(running)
             self.ctx.log.info(
                 "execution_done",
                 strategy=algo.strategy,
@@ -497,6 +543,87 @@ class StrategyActor(Actor):
                 self._arm_timers()
             if decisions:
                 await self._emit(message, kind, decisions, now)
+
+    async def _target_algo(self, target: TargetPosition, message: Any, kind: type, now: int) -> None:
+        """Work the difference to ``target`` with the configured algorithm (``[strategy.execution]``).
+
+        One algorithm per symbol: a repeated target is left to the one already working it; a
+        different target stops it (its working children are cancelled, and count as in flight
+        one by one until they end) and starts a new one for what is then missing.
+        """
+        symbol = target.symbol
+        running = self._target_algos.get(symbol)
+        if running is not None:
+            if running.target == target.qty:
+                return
+            self._release(running)
+            await self._apply(running, running.algo.stop(now, "replaced by a new target"), message, kind, now)
+        converted = self._target_intent(target, now)
+        if converted is None:
+            return
+        intent, noted = converted
+        algo = self._build_algo(intent, now)
+        self.algos_started += 1
+        running = _RunningAlgo(self.algos_started, algo, target.qty, noted)
+        self._algos[running.algo_id] = self._target_algos[symbol] = running
+        self._in_flight[running.label] = _InFlight(symbol, intent.qty * intent.side.sign)
+        self.ctx.log.info(
+            "execution_started",
+            strategy=self.strategy.name,
+            algo=running.label,
+            symbol=symbol,
+            side=intent.side.value,
+            qty=str(intent.qty),
+            target=str(target.qty),
+        )
+        quote = self._quotes.get(symbol)
+        if quote is not None:
+            algo.on_bbo(quote, now)  # not started yet: only remembered, so a limit child can be priced
+        await self._apply(running, algo.start(now), message, kind, now)
+
+    def _build_algo(self, order: OrderIntent, now: int) -> ExecutionAlgo:
+        config = self.execution
+        strategy = self.strategy
+        if config.algo == "twap":
+            return TWAP(
+                order.symbol,
+                order.side,
+                order.qty,
+                now,
+                now + round(config.duration_s * NS_PER_S),
+                config.slices,
+                lot=config.lot,
+                strategy=strategy.name,
+                make_intent_id=strategy.next_intent_id,
+                limit_offset=config.limit_offset,
+                tick=config.tick,
+            )
+        return LimitChaser(
+            order.symbol,
+            order.side,
+            order.qty,
+            max_repegs=config.max_repegs,
+            base_timeout_s=config.timeout_s,
+            max_timeout_s=config.max_timeout_s,
+            tick=config.tick,
+            strategy=strategy.name,
+            make_intent_id=strategy.next_intent_id,
+            on_exhausted=OnExhausted(config.on_exhausted),
+        )
+
+    def _release(self, running: _RunningAlgo) -> None:
+        """A target algorithm stops counting as one reservation: its children still working
+        count one by one (what each may still fill), the rest of its quantity is dropped."""
+        if self._target_algos.get(running.algo.symbol) is running:
+            del self._target_algos[running.algo.symbol]
+        self._in_flight.pop(running.label, None)
+        for child in running.algo.children:
+            self._flight_of.pop(child.intent_id, None)
+            if child.working:
+                left = child.qty - child.settled
+                if left > 0:
+                    self._in_flight[child.intent_id] = _InFlight(child.intent.symbol, left * child.intent.side.sign)
+        running.target = None
 
     def _target_intent(self, target: TargetPosition, now: int) -> tuple[OrderIntent, dict[str, str]] | None:
         """The market order that takes the strategy from where it is (and is going) to ``target``."""

@@ -67,9 +67,45 @@ class DataSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     symbols of ``files`` (the recording the embedded simulator replays)."""
 
 
+class ExecutionSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How the strategy host works the order a ``TargetPosition`` calls for.
+
+    ``market``: one market order for the difference. ``twap``: a TWAP of the difference
+    over ``duration_s`` in ``slices`` children (market children, or limits ``limit_offset``
+    through the quote). ``chaser``: a limit at our side's touch, re-pegged at most
+    ``max_repegs`` times with adaptive timeouts from ``timeout_s`` up to ``max_timeout_s``;
+    the last child crosses the spread (``on_exhausted = "cross"``) or rests (``"leave"``).
+    Every child goes through risk like any order; re-pegs cancel through risk too.
+    """
+
+    algo: Literal["market", "twap", "chaser"] = "market"
+    duration_s: float = 300.0
+    slices: int = 5
+    limit_offset: Decimal | None = None
+    max_repegs: int = 3
+    timeout_s: float = 2.0
+    max_timeout_s: float = 10.0
+    on_exhausted: Literal["leave", "cross"] = "cross"
+    tick: Decimal = Decimal("0.01")
+    lot: Decimal = Decimal(1)
+
+    def __post_init__(self) -> None:
+        if not self.duration_s > 0:
+            raise ValueError("duration_s: must be positive")
+        if self.slices < 1:
+            raise ValueError("slices: must be at least 1")
+        if self.max_repegs < 0:
+            raise ValueError("max_repegs: must not be negative")
+        if not 0 < self.timeout_s <= self.max_timeout_s:
+            raise ValueError("timeout_s: need 0 < timeout_s <= max_timeout_s")
+        if not (self.tick > 0 and self.lot > 0):
+            raise ValueError("tick and lot: must be positive")
+
+
 class StrategySection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: str = "ema-cross"
     params: dict[str, Any] = msgspec.field(default_factory=dict)
+    execution: ExecutionSection = msgspec.field(default_factory=ExecutionSection)
     pipeline_hash: str = ""
     """Pin: the feature-pipeline hash the strategy was built for (overrides the strategy's own
     pin); a run whose pipeline for it differs refuses to start. Empty: no pin from the config."""

@@ -418,6 +418,7 @@ def strategy_actor(config: Config, build_strategy: Callable[[], Strategy], boot:
         boot,
         pipeline_hash=config.strategy.pipeline_hash,
         orders_address=ORDER_MANAGER,
+        execution=config.strategy.execution,
     )
 
 

@@ -303,6 +303,23 @@ class ExecutionAlgo:
             return self._idle()
         return self._run(now_ns)
 
+    def stop(self, now_ns: int, reason: str) -> Actions:
+        """Finish now: send nothing more, cancel every child still working.
+
+        The cancels are re-sent every ``cancel_retry_s`` until confirmed (the usual
+        :meth:`on_timer` path), so an owner replacing an algorithm with a new one waits for
+        ``children.working()`` to empty before it can be sure nothing of the old one fills.
+        """
+        self._out = out = Actions()
+        if not self.done:
+            self._finish(reason)
+        for child in self.children.working():
+            self._cancel(child, now_ns)
+        out.next_timer_ns = self._timer = self._next_timer(now_ns)
+        out.done = True
+        out.reason = self.reason
+        return out
+
     # ------------------------------------------------------------ queries
 
     @property
