@@ -225,7 +225,10 @@ class StrategyActor(Actor):
         self.algos_started = 0
         self._algos: dict[int, _RunningAlgo] = {}
         self._target_algos: dict[str, _RunningAlgo] = {}
-        """symbol → the algorithm working the strategy's latest target in it."""
+        """symbol → the algorithm working the strategy's target in it (or being stopped)."""
+        self._next_targets: dict[str, tuple[TargetPosition, Any, type]] = {}
+        """symbol → a new target waiting for the stopped algorithm's children to end (with the
+        message that produced it)."""
         self._flight_of: dict[str, str] = {}
         """Child intent id → the in-flight reservation of the target algorithm that sent it."""
         self._quotes: dict[str, BestBidOffer] = {}
@@ -525,7 +528,7 @@ class StrategyActor(Actor):
             self.ctx.tell_self_at(due, AlgoTimer(running.algo_id, self.ctx.restarts, due))
         if actions.done and not algo.children.working() and self._algos.pop(running.algo_id, None) is not None:
             if running.target is not None:
-                self._release(running)
+                await self._retire_target_algo(running, now)
             self.ctx.log.info(
                 "execution_done",
                 strategy=algo.strategy,
@@ -547,17 +550,22 @@ class StrategyActor(Actor):
     async def _target_algo(self, target: TargetPosition, message: Any, kind: type, now: int) -> None:
         """Work the difference to ``target`` with the configured algorithm (``[strategy.execution]``).
 
-        One algorithm per symbol: a repeated target is left to the one already working it; a
-        different target stops it (its working children are cancelled, and count as in flight
-        one by one until they end) and starts a new one for what is then missing.
+        One algorithm per symbol. A repeated target is left to the one already working it. A
+        different target stops it (its working children are cancelled) and waits until every
+        child has ended: only then is what is missing known exactly (position and in flight),
+        so a replaced algorithm can neither leave a child filling behind the new one's back
+        nor make the new one overshoot. Meanwhile a still newer target replaces the waiting one.
         """
         symbol = target.symbol
         running = self._target_algos.get(symbol)
         if running is not None:
-            if running.target == target.qty:
+            if running.target == target.qty and symbol not in self._next_targets:
                 return
-            self._release(running)
+            self._next_targets[symbol] = (target, message, kind)
+            # Even a finished algorithm may have a child working (a chaser's last one): cancel it.
+            # Asking again is harmless: a cancel is re-sent at most every cancel_retry_s.
             await self._apply(running, running.algo.stop(now, "replaced by a new target"), message, kind, now)
+            return
         converted = self._target_intent(target, now)
         if converted is None:
             return
@@ -580,6 +588,20 @@ class StrategyActor(Actor):
         if quote is not None:
             algo.on_bbo(quote, now)  # not started yet: only remembered, so a limit child can be priced
         await self._apply(running, algo.start(now), message, kind, now)
+
+    async def _retire_target_algo(self, running: _RunningAlgo, now: int) -> None:
+        """A target's algorithm ended with no child working: drop its reservation (the rest of
+        its quantity will not be sent), then start the target that was waiting for it, if any."""
+        symbol = running.algo.symbol
+        if self._target_algos.get(symbol) is running:
+            del self._target_algos[symbol]
+        self._in_flight.pop(running.label, None)
+        for child in running.algo.children:
+            self._flight_of.pop(child.intent_id, None)
+        waiting = self._next_targets.pop(symbol, None)
+        if waiting is not None:
+            target, message, kind = waiting
+            await self._target_algo(target, message, kind, now)
 
     def _build_algo(self, order: OrderIntent, now: int) -> ExecutionAlgo:
         config = self.execution
@@ -610,20 +632,6 @@ class StrategyActor(Actor):
             make_intent_id=strategy.next_intent_id,
             on_exhausted=OnExhausted(config.on_exhausted),
         )
-
-    def _release(self, running: _RunningAlgo) -> None:
-        """A target algorithm stops counting as one reservation: its children still working
-        count one by one (what each may still fill), the rest of its quantity is dropped."""
-        if self._target_algos.get(running.algo.symbol) is running:
-            del self._target_algos[running.algo.symbol]
-        self._in_flight.pop(running.label, None)
-        for child in running.algo.children:
-            self._flight_of.pop(child.intent_id, None)
-            if child.working:
-                left = child.qty - child.settled
-                if left > 0:
-                    self._in_flight[child.intent_id] = _InFlight(child.intent.symbol, left * child.intent.side.sign)
-        running.target = None
 
     def _target_intent(self, target: TargetPosition, now: int) -> tuple[OrderIntent, dict[str, str]] | None:
         """The market order that takes the strategy from where it is (and is going) to ``target``."""

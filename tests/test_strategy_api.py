@@ -24,6 +24,7 @@ from engine import topics
 from engine.actor import Actor, ActorContext
 from engine.bus import Bus
 from engine.clock import NS_PER_S, SimClock
+from engine.config import ExecutionSection
 from engine.logs import get_logger
 from engine.messages import (
     Bar,
@@ -97,6 +98,7 @@ class Host:
         build: Callable[[], Strategy],
         positions: dict[str, Decimal] | None = None,
         working: list[WorkingOrderView] | None = None,
+        execution: ExecutionSection | None = None,
     ) -> None:
         self.bus, self.clock = Bus(), SimClock(T0)
         self.out: list[Any] = []
@@ -105,7 +107,7 @@ class Host:
         orders = [] if working is None else [ActorSpec("orders", lambda: Orders(working))]
 
         def make() -> StrategyActor:
-            actor = StrategyActor(build, "ledger", orders_address="orders" if orders else None)
+            actor = StrategyActor(build, "ledger", orders_address="orders" if orders else None, execution=execution)
             self.actors.append(actor)
             return actor
 

@@ -1,0 +1,300 @@
+"""Execution algorithms run live: the strategy host drives them, their children go through risk,
+their re-pegs cancel through risk and the order manager, and a target is worked by one of them.
+
+The first half drives a real :class:`StrategyActor` on a bus under a simulated clock (the
+harness of tests/test_strategy_api.py); the second replays a recorded day through the whole
+engine (risk, the order manager and its journal, the simulated venue) with
+``[strategy.execution]`` set, and reads the journal back.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import defaultdict
+from collections.abc import Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from actors.execution import TWAP, ExecutionAlgo
+from actors.strategies.base import Decision, Strategy, TargetPosition
+from engine import topics
+from engine.config import ExecutionSection
+from engine.messages import BestBidOffer, CancelIntent, CancelRejected, OrderIntent, OrderStatus, OrderUpdate, Side
+from tests.helpers import shared_data
+from tests.test_strategy_api import T0, Host, S, bbo, fill
+
+TICKS = shared_data() / "us-equity-ticks"
+IBM_DAY = [TICKS / "ibm" / f"20131007_{k}.zip" for k in ("quote", "trade")]
+BOTH_DAYS = [TICKS / s / f"20131007_{k}.zip" for s in ("ibm", "bac") for k in ("quote", "trade")]
+
+
+def update(intent: OrderIntent, status: OrderStatus, filled: str = "0") -> OrderUpdate:
+    return OrderUpdate(
+        client_order_id=f"c-{intent.intent_id}",
+        venue_order_id=f"v-{intent.intent_id}",
+        status=status,
+        filled_qty=Decimal(filled),
+        intent_id=intent.intent_id,
+        strategy=intent.strategy,
+        ts_event=T0,
+        ts_recv=T0,
+    )
+
+
+def cancels(out: list[Any]) -> list[CancelIntent]:
+    return [m for m in out if isinstance(m, CancelIntent)]
+
+
+# ---------------------------------------------------------------- a strategy's own algorithm
+
+
+class Slicer(Strategy):
+    """Starts one TWAP of 30 IBM over 30 s in 3 slices at the first quote; cancels on request."""
+
+    name = "slicer"
+    done: list[tuple[str, Decimal]] = []
+    refused: list[CancelRejected] = []
+
+    def __init__(self) -> None:
+        self.started = False
+
+    def on_bbo(self, bbo: BestBidOffer, now_ns: int) -> Sequence[Decision]:
+        if self.started:
+            return []
+        self.started = True
+        algo = TWAP(
+            "IBM", Side.BUY, Decimal(30), now_ns, now_ns + 30 * S, 3,
+            lot=Decimal(1), strategy=self.name, make_intent_id=self.next_intent_id,
+        )  # fmt: skip
+        return [algo]
+
+    def on_execution_done(self, algo: ExecutionAlgo, now_ns: int) -> Sequence[Decision]:
+        self.done.append((type(algo).__name__, algo.filled_qty))
+        return []
+
+    def on_cancel_rejected(self, rejection: CancelRejected, now_ns: int) -> Sequence[Decision]:
+        self.refused.append(rejection)
+        return []
+
+
+async def test_the_host_runs_a_strategys_twap_on_its_timers_and_reports_when_it_is_done() -> None:
+    Slicer.done, Slicer.refused = [], []
+    async with Host(Slicer) as host:
+        await host.at(T0, topics.MD_BBO, bbo(T0, "10.00", "10.02"))
+        first = host.intents()
+        assert [(i.side, i.qty) for i in first] == [(Side.BUY, Decimal(10))]
+        signal = host.signals()[-1]
+        assert signal.features == {"algo": "TWAP#1"}  # the audit trail names the algorithm
+        await host.at(T0 + S, topics.ORDER_FILL, fill(first[0], "10", 1))
+        await host.at(T0 + 10 * S)  # the second slice is due: a timer of the actor, nothing else
+        second = host.intents()[-1]
+        assert second.qty == Decimal(10) and len(host.intents()) == 2
+        await host.at(T0 + 11 * S, topics.ORDER_FILL, fill(second, "10", 1))
+        await host.at(T0 + 20 * S)
+        third = host.intents()[-1]
+        assert len(host.intents()) == 3
+        assert Slicer.done == []
+        await host.at(T0 + 21 * S, topics.ORDER_FILL, fill(third, "10", 1))
+        assert Slicer.done == [("TWAP", Decimal(30))]
+        assert host.actor.positions == {"IBM": Decimal(30)}
+        stats = host.actor
+        assert (stats.algos_started, len(stats._algos)) == (1, 0)
+
+
+class BadAlgo(Strategy):
+    """Builds an algorithm for another strategy: its children's fills would never come back."""
+
+    name = "bad-algo"
+
+    def on_bbo(self, bbo: BestBidOffer, now_ns: int) -> Sequence[Decision]:
+        return [
+            TWAP("IBM", Side.BUY, Decimal(3), now_ns, now_ns + S, 1, lot=Decimal(1), strategy="someone-else",
+                 make_intent_id=self.next_intent_id)
+        ]  # fmt: skip
+
+
+async def test_an_algorithm_built_for_another_strategy_is_a_type_error() -> None:
+    from tests.test_strategy_api import _bare_actor
+
+    actor = _bare_actor(BadAlgo)
+    with pytest.raises(TypeError, match=r"strategy=self\.name"):
+        await actor.handle(bbo(T0, "10.00", "10.02"))
+
+
+# ---------------------------------------------------------------- targets worked by an algorithm
+
+
+class Targets(Strategy):
+    """Returns the next scripted IBM target on every quote."""
+
+    name = "targets"
+    script: list[Decimal] = []
+
+    def on_bbo(self, bbo: BestBidOffer, now_ns: int) -> Sequence[Decision]:
+        return [TargetPosition(symbol="IBM", qty=self.script.pop(0))]
+
+
+async def test_a_repeated_target_is_worked_by_one_twap_and_a_new_one_waits_for_the_old_ones_cancel() -> None:
+    Targets.script = [Decimal(q) for q in ("30", "30", "30", "0", "0", "0")]
+    execution = ExecutionSection(algo="twap", duration_s=30, slices=3)
+    async with Host(Targets, execution=execution) as host:
+        quote = bbo(T0, "10.00", "10.02")
+        await host.at(T0, topics.MD_BBO, quote)
+        first = host.intents()
+        assert [(i.side, i.qty) for i in first] == [(Side.BUY, Decimal(10))]
+        await host.at(T0 + S, topics.MD_BBO, quote)  # the same target: already being worked
+        await host.at(T0 + 2 * S, topics.ORDER_FILL, fill(first[0], "10", 1))
+        await host.at(T0 + 3 * S, topics.MD_BBO, quote)  # holds 10, 20 reserved by the TWAP: nothing
+        assert len(host.intents()) == 1
+        await host.at(T0 + 10 * S)
+        second = host.intents()[-1]
+        assert (second.side, second.qty) == (Side.BUY, Decimal(10))
+        # A new target (flat) while the second slice works: the TWAP stops and cancels it, and
+        # nothing is sold yet: how much to sell depends on whether the slice fills first.
+        await host.at(T0 + 11 * S, topics.MD_BBO, quote)
+        assert [c.intent_id for c in cancels(host.out)] == [second.intent_id]
+        assert len(host.intents()) == 2
+        await host.at(T0 + 12 * S, topics.MD_BBO, quote)  # flat again: still waiting, no second cancel
+        assert len(cancels(host.out)) == 1 and len(host.intents()) == 2
+        # The slice filled 4 before the cancel took: holds 14, so the new TWAP sells 14, not 10 or 20.
+        await host.at(T0 + 13 * S, topics.ORDER_FILL, fill(second, "4", 1))
+        await host.at(T0 + 14 * S, topics.ORDER_EVENT, update(second, OrderStatus.CANCELED, "4"))
+        sell = host.intents()[-1]
+        assert sell.side is Side.SELL and len(host.intents()) == 3
+        twap = host.actor._target_algos["IBM"].algo
+        assert isinstance(twap, TWAP) and twap.total_qty == Decimal(14)
+        assert sell.qty == Decimal(4)  # floor(14 / 3) on a lot of 1: the first of three slices
+        assert host.actor.positions == {"IBM": Decimal(14)}
+        await host.at(T0 + 15 * S, topics.MD_BBO, quote)  # the same flat target: nothing new
+        assert host.intents()[-1] == sell and len(cancels(host.out)) == 1
+
+
+async def test_a_refused_slice_ends_the_targets_twap_and_the_next_target_tries_again() -> None:
+    from engine.messages import RiskRejected
+
+    Targets.script = [Decimal(q) for q in ("30", "30")]
+    execution = ExecutionSection(algo="twap", duration_s=30, slices=3)
+    async with Host(Targets, execution=execution) as host:
+        quote = bbo(T0, "10.00", "10.02")
+        await host.at(T0, topics.MD_BBO, quote)
+        first = host.intents()[-1]
+        refused = RiskRejected(
+            intent_id=first.intent_id, strategy="targets", symbol="IBM", reason="MARKET_CLOSED", detail="",
+            inputs={}, ts_init=T0,
+        )  # fmt: skip
+        await host.at(T0 + S, topics.ORDER_EVENT, refused)
+        assert host.actor._target_algos == {} and host.actor._in_flight == {}
+        await host.at(T0 + 30 * S)  # no slice is sent for a stopped TWAP
+        assert len(host.intents()) == 1
+        await host.at(T0 + 31 * S, topics.MD_BBO, quote)  # the repeated target starts a new one
+        again = host.intents()[-1]
+        assert again.intent_id != first.intent_id and (again.side, again.qty) == (Side.BUY, Decimal(10))
+
+
+# ---------------------------------------------------------------- through the whole engine
+
+
+def _replay(tmp_path: Path, config: str, files: list[Path]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Replay ``files`` with ``config``; return the summary and the journal's events in order."""
+    path = tmp_path / "run.toml"
+    path.write_text(config)
+    journal = tmp_path / "journal.db"
+    done = subprocess.run(
+        [sys.executable, "-m", "kestrel.cli", "replay", "--config", str(path), "--journal", str(journal),
+         *map(str, files), "--json"],
+        capture_output=True, timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    shown = subprocess.run(
+        [sys.executable, "-m", "kestrel.cli", "journal", "show", str(journal), "--json"],
+        capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr.decode()[-2000:]
+    events: list[dict[str, Any]] = orjson.loads(shown.stdout)
+    return orjson.loads(done.stdout), events
+
+
+def _children(events: list[dict[str, Any]]) -> tuple[dict[str, str], dict[str, str]]:
+    """intent id → the algorithm that sent it (from its signal); client order id → intent id."""
+    algo_of = {
+        e["record"]["intent_id"]: e["record"]["features"]["algo"]
+        for e in events
+        if e["kind"] == "SignalRecorded" and "algo" in e["record"]["features"]
+    }
+    intent_of = {
+        e["record"]["order"]["client_order_id"]: e["record"]["order"]["intent_id"]
+        for e in events
+        if e["kind"] == "OrderSubmitting"
+    }
+    return algo_of, intent_of
+
+
+@pytest.mark.skipif(not all(p.exists() for p in IBM_DAY), reason=f"no recordings at {TICKS}")
+def test_a_chasers_repegs_cancel_through_the_engine_and_two_of_its_children_never_work_at_once(
+    tmp_path: Path,
+) -> None:
+    config = '[strategy]\nname = "rsi-reversion"\n[strategy.execution]\nalgo = "chaser"\ntimeout_s = 2.0\n'
+    summary, events = _replay(tmp_path, config, IBM_DAY)
+    assert summary["orders"] > 3 and summary["fills"] > 0
+    algo_of, intent_of = _children(events)
+    requested = [e["record"] for e in events if e["kind"] == "CancelRequested"]
+    assert requested, "the chaser never re-pegged"
+    # Every re-peg went through risk and the order manager: journaled before the venue's CANCELED.
+    final: dict[str, int] = {}
+    for i, e in enumerate(events):
+        if e["kind"] == "OrderUpdate" and OrderStatus(e["record"]["status"]).is_terminal:
+            final.setdefault(e["record"]["client_order_id"], i)
+    positions = {e["record"]["client_order_id"]: i for i, e in enumerate(events) if e["kind"] == "CancelRequested"}
+    for cid, at in positions.items():
+        assert cid in final and final[cid] > at  # every cancel the order manager journaled ended its order
+    # At most one child of a chaser works at any time: a child is submitted only after the one
+    # before it has ended (cancelled or filled), in journal order.
+    working: dict[str, str] = {}
+    for e in events:
+        record = e["record"]
+        if e["kind"] == "OrderSubmitting":
+            label = algo_of.get(record["order"]["intent_id"])
+            assert label is not None and label.startswith("LimitChaser#")
+            assert label not in working, f"{label}: a child was sent while {working.get(label)} still worked"
+            working[label] = record["order"]["client_order_id"]
+        elif e["kind"] == "OrderUpdate" and OrderStatus(record["status"]).is_terminal:
+            label = algo_of.get(intent_of.get(record["client_order_id"], ""), "")
+            if working.get(label) == record["client_order_id"]:
+                del working[label]
+
+
+@pytest.mark.skipif(not all(p.exists() for p in BOTH_DAYS), reason=f"no recordings at {TICKS}")
+def test_inverse_vol_targets_worked_by_twap_never_buy_more_than_the_target_asked(tmp_path: Path) -> None:
+    config = (
+        '[strategy]\nname = "inverse-vol"\n[strategy.execution]\nalgo = "twap"\nduration_s = 600\nslices = 5\n'
+        "[risk]\nmax_order_qty = 5000\n"
+    )
+    summary, events = _replay(tmp_path, config, BOTH_DAYS)
+    assert summary["orders"] > 10 and summary["fills"] >= summary["orders"]
+    held = {symbol: Decimal(qty) for symbol, qty in summary["positions"].items()}
+    assert set(held) == {"IBM", "BAC"} and all(qty > 0 for qty in held.values())
+    algo_of, intent_of = _children(events)
+    asked: dict[str, Decimal] = {}
+    sent: defaultdict[str, list[Decimal]] = defaultdict(list)
+    filled: defaultdict[str, Decimal] = defaultdict(Decimal)
+    for e in events:
+        record = e["record"]
+        if e["kind"] == "SignalRecorded":
+            f = record["features"]
+            label = f["algo"]
+            assert label.startswith("TWAP#")
+            # The difference the target asked for when the TWAP started (its first child's signal).
+            asked.setdefault(label, abs(Decimal(f["target_qty"]) - Decimal(f["position"]) - Decimal(f["in_flight"])))
+        elif e["kind"] == "OrderSubmitting":
+            sent[algo_of[record["order"]["intent_id"]]].append(Decimal(record["order"]["qty"]))
+        elif e["kind"] == "Fill":
+            filled[algo_of[intent_of[record["client_order_id"]]]] += Decimal(record["qty"])
+    assert len(sent) > 3
+    for label, children in sent.items():
+        assert len(children) <= 5, f"{label} sent {len(children)} children for 5 slices"
+        assert filled[label] <= asked[label], f"{label} filled {filled[label]} of {asked[label]} asked"
