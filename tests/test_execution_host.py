@@ -20,11 +20,20 @@ from typing import Any
 import orjson
 import pytest
 
-from actors.execution import TWAP, ExecutionAlgo
+from actors.execution import TWAP, Bracket, ExecutionAlgo
 from actors.strategies.base import Decision, Strategy, TargetPosition
 from engine import topics
 from engine.config import ExecutionSection
-from engine.messages import BestBidOffer, CancelIntent, CancelRejected, OrderIntent, OrderStatus, OrderUpdate, Side
+from engine.messages import (
+    BestBidOffer,
+    CancelIntent,
+    CancelRejected,
+    OrderIntent,
+    OrderStatus,
+    OrderType,
+    OrderUpdate,
+    Side,
+)
 from tests.helpers import shared_data
 from tests.test_strategy_api import T0, Host, S, bbo, fill
 
@@ -298,3 +307,50 @@ def test_inverse_vol_targets_worked_by_twap_never_buy_more_than_the_target_asked
     for label, children in sent.items():
         assert len(children) <= 5, f"{label} sent {len(children)} children for 5 slices"
         assert filled[label] <= asked[label], f"{label} filled {filled[label]} of {asked[label]} asked"
+
+
+class Protected(Strategy):
+    """Buys 10 IBM at the first quote inside a bracket: stop 9.50, take-profit 11.00."""
+
+    name = "protected"
+    done: list[str] = []
+
+    def __init__(self) -> None:
+        self.started = False
+
+    def on_bbo(self, bbo: BestBidOffer, now_ns: int) -> Sequence[Decision]:
+        if self.started:
+            return []
+        self.started = True
+        entry = OrderIntent(
+            intent_id=self.next_intent_id(), strategy=self.name, symbol="IBM", side=Side.BUY, qty=Decimal(10),
+            order_type=OrderType.MARKET, ts_init=now_ns,
+        )  # fmt: skip
+        return [Bracket(entry, Decimal("9.50"), Decimal("11.00"), make_intent_id=self.next_intent_id)]
+
+    def on_execution_done(self, algo: ExecutionAlgo, now_ns: int) -> Sequence[Decision]:
+        self.done.append(algo.reason)
+        return []
+
+
+async def test_an_emulated_bracket_cancels_its_take_profit_through_a_cancel_intent_before_the_stop_exits() -> None:
+    Protected.done = []
+    async with Host(Protected) as host:
+        await host.at(T0, topics.MD_BBO, bbo(T0, "10.00", "10.02"))
+        (entry,) = host.intents()
+        await host.at(T0 + S, topics.ORDER_FILL, fill(entry, "10", 1))
+        await host.at(T0 + S, topics.ORDER_EVENT, update(entry, OrderStatus.FILLED, "10"))
+        take_profit = host.intents()[-1]
+        resting = (take_profit.side, take_profit.qty, take_profit.limit_price)
+        assert resting == (Side.SELL, Decimal(10), Decimal("11.00"))
+        await host.at(T0 + 2 * S, topics.MD_BBO, bbo(T0 + 2 * S, "9.45", "9.47"))  # the stop is hit
+        assert [c.intent_id for c in cancels(host.out)] == [take_profit.intent_id]
+        assert host.intents()[-1] == take_profit  # no stop exit while the take-profit may still fill
+        await host.at(T0 + 3 * S, topics.ORDER_EVENT, update(take_profit, OrderStatus.CANCELED))
+        stop = host.intents()[-1]
+        assert (stop.side, stop.qty, stop.order_type) == (Side.SELL, Decimal(10), OrderType.MARKET)
+        assert Protected.done == []
+        await host.at(T0 + 4 * S, topics.ORDER_FILL, fill(stop, "10", 1))
+        await host.at(T0 + 4 * S, topics.ORDER_EVENT, update(stop, OrderStatus.FILLED, "10"))
+        assert len(Protected.done) == 1 and Protected.done[0].startswith("stop_loss exit complete")
+        assert host.actor.positions == {"IBM": Decimal(0)}

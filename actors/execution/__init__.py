@@ -1,6 +1,7 @@
 """Execution algorithms as pure, clock-driven state machines (TWAP, VWAP, a limit chaser, brackets).
 
-Each one is driven by its owner (a strategy, or a future execution actor) through
+Each one is driven by its owner (the strategy host, :mod:`actors.strategy_host`, for a
+strategy that returns one, or that works its targets with one) through
 ``start`` / ``on_timer`` / ``on_bbo`` / ``on_trade`` / ``on_fill`` / ``on_update`` /
 ``on_rejected``, each taking the engine clock's ``now_ns`` and returning an
 :class:`~actors.execution.common.Actions`. Every child is a plain

@@ -12,8 +12,9 @@ it, while the client order id exists only once the order manager has journaled t
 and is learned from the first :class:`~engine.messages.OrderUpdate` or
 :class:`~engine.messages.Fill`; an algorithm must be able to cancel a child that has not
 been acknowledged yet. The order manager's book maps every intent id to its client order
-id, so it is the place to resolve them. Until a cancel-by-intent message exists, a host can
-resolve an id itself with :meth:`ExecutionAlgo.client_order_id`.
+id, so it is the place to resolve them: the strategy host sends each cancel as a
+:class:`~engine.messages.CancelIntent`, which follows the child's intent through risk to the
+order manager (:mod:`actors.strategy_host`).
 
 Levels, not edges: every hook first books what happened (a fill, an update, a quote) and
 then calls the algorithm's single ``_step``, which looks at the whole state and decides.
