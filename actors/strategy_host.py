@@ -50,7 +50,7 @@ from typing import Any, Final
 
 import msgspec
 
-from actors.execution import TWAP, Actions, ExecutionAlgo, LimitChaser, OnExhausted
+from actors.execution import TWAP, Actions, ExecutionAlgo, LimitChaser, OnExhausted, VolumeProfile, VWAPSchedule
 from actors.features import FeaturePipeline, PipelineRegistry
 from actors.strategies.base import Decision, FeatureView, Strategy, TargetPosition, feature
 from engine import topics
@@ -192,11 +192,15 @@ class StrategyActor(Actor):
         pipeline_hash: str = "",
         orders_address: str | None = None,
         execution: ExecutionSection | None = None,
+        volume_profile: VolumeProfile | None = None,
     ) -> None:
         """``pipeline_hash``: the config's pin (``[strategy] pipeline_hash``; empty: none).
         ``orders_address``: the order manager, asked for working orders at start (None: not asked).
-        ``execution``: how a ``TargetPosition``'s order is worked (default: one market order)."""
+        ``execution``: how a ``TargetPosition``'s order is worked (default: one market order).
+        ``volume_profile``: VWAP's profile (built by the composition root from the recordings;
+        ``None``: flat)."""
         self.execution = execution if execution is not None else ExecutionSection()
+        self.volume_profile = volume_profile
         strategy = self.strategy = build()
         self.portfolio_address = portfolio_address
         self.orders_address = orders_address
@@ -223,6 +227,7 @@ class StrategyActor(Actor):
         self.timers = 0
         self.cancels = 0
         self.algos_started = 0
+        self.execution_refused = 0
         self._algos: dict[int, _RunningAlgo] = {}
         self._target_algos: dict[str, _RunningAlgo] = {}
         """symbol → the algorithm working the strategy's target in it (or being stopped)."""
@@ -381,6 +386,7 @@ class StrategyActor(Actor):
                     "cancels": self.cancels,
                     "algos_started": self.algos_started,
                     "algos_running": len(self._algos),
+                    "execution_refused": self.execution_refused,
                 }
             )
         else:
@@ -570,7 +576,16 @@ class StrategyActor(Actor):
         if converted is None:
             return
         intent, noted = converted
-        algo = self._build_algo(intent, now)
+        try:
+            algo = self._build_algo(intent, now)
+        except ValueError as exc:
+            # Not an order refused by risk: no order was made. Loud, counted, and the
+            # strategy's next target tries again (a VWAP window before the open, say).
+            self.execution_refused += 1
+            self.ctx.log.error(
+                "execution_refused", strategy=self.strategy.name, symbol=symbol, qty=str(intent.qty), error=str(exc)
+            )
+            return
         self.algos_started += 1
         running = _RunningAlgo(self.algos_started, algo, target.qty, noted)
         self._algos[running.algo_id] = self._target_algos[symbol] = running
@@ -606,13 +621,28 @@ class StrategyActor(Actor):
     def _build_algo(self, order: OrderIntent, now: int) -> ExecutionAlgo:
         config = self.execution
         strategy = self.strategy
+        end_ns = now + round(config.duration_s * NS_PER_S)
+        if config.algo == "vwap":
+            return VWAPSchedule(
+                order.symbol,
+                order.side,
+                order.qty,
+                self.volume_profile or VolumeProfile.uniform(config.bucket_minutes),
+                now,
+                end_ns,
+                lot=config.lot,
+                strategy=strategy.name,
+                make_intent_id=strategy.next_intent_id,
+                limit_offset=config.limit_offset,
+                tick=config.tick,
+            )
         if config.algo == "twap":
             return TWAP(
                 order.symbol,
                 order.side,
                 order.qty,
                 now,
-                now + round(config.duration_s * NS_PER_S),
+                end_ns,
                 config.slices,
                 lot=config.lot,
                 strategy=strategy.name,

@@ -72,16 +72,22 @@ class ExecutionSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     ``market``: one market order for the difference. ``twap``: a TWAP of the difference
     over ``duration_s`` in ``slices`` children (market children, or limits ``limit_offset``
-    through the quote). ``chaser``: a limit at our side's touch, re-pegged at most
+    through the quote). ``vwap``: the same window, sliced by the intraday volume profile of
+    the LEAN trade recordings ``vwap_trades`` (``bucket_minutes`` buckets of the regular
+    session; none: a flat profile), so more is done when more trades; a window with no
+    session volume (a target before the open) is refused, logged, and not ordered.
+    ``chaser``: a limit at our side's touch, re-pegged at most
     ``max_repegs`` times with adaptive timeouts from ``timeout_s`` up to ``max_timeout_s``;
     the last child crosses the spread (``on_exhausted = "cross"``) or rests (``"leave"``).
     Every child goes through risk like any order; re-pegs cancel through risk too.
     """
 
-    algo: Literal["market", "twap", "chaser"] = "market"
+    algo: Literal["market", "twap", "vwap", "chaser"] = "market"
     duration_s: float = 300.0
     slices: int = 5
     limit_offset: Decimal | None = None
+    vwap_trades: list[str] = msgspec.field(default_factory=list)
+    bucket_minutes: int = 30
     max_repegs: int = 3
     timeout_s: float = 2.0
     max_timeout_s: float = 10.0
@@ -98,6 +104,8 @@ class ExecutionSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError("max_repegs: must not be negative")
         if not 0 < self.timeout_s <= self.max_timeout_s:
             raise ValueError("timeout_s: need 0 < timeout_s <= max_timeout_s")
+        if self.bucket_minutes < 1:
+            raise ValueError("bucket_minutes: must be at least 1")
         if not (self.tick > 0 and self.lot > 0):
             raise ValueError("tick and lot: must be positive")
 

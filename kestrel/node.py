@@ -36,6 +36,7 @@ import msgspec
 from actors.audit import CAPACITY as AUDIT_CAPACITY
 from actors.audit import AuditActor
 from actors.calendars import SymbolCalendars
+from actors.execution import VolumeProfile
 from actors.features import FeaturePipeline
 from actors.order_latency import OrderPathLatency
 from actors.order_manager import OrderManagerActor
@@ -96,6 +97,7 @@ from kestrel.ops import VERSION, EngineProbe, public_routes
 from simulations.sample_data import SAMPLE_FILES
 from simulations.synthetic import SYMBOL as SYNTHETIC_SYMBOL
 from simulations.synthetic import random_walk_quotes
+from simulations.volume_profile import read_trades
 
 ALPACA_PAPER_URL = "https://paper-api.alpaca.markets"
 ALPACA_LIVE_URL = "https://api.alpaca.markets"
@@ -411,7 +413,9 @@ def pricing_policy(config: Config) -> PricingPolicy:
     )
 
 
-def strategy_actor(config: Config, build_strategy: Callable[[], Strategy], boot: int) -> StrategyActor:
+def strategy_actor(
+    config: Config, build_strategy: Callable[[], Strategy], boot: int, volume_profile: VolumeProfile | None = None
+) -> StrategyActor:
     return StrategyActor(
         build_strategy,
         SETTLEMENT,
@@ -419,7 +423,28 @@ def strategy_actor(config: Config, build_strategy: Callable[[], Strategy], boot:
         pipeline_hash=config.strategy.pipeline_hash,
         orders_address=ORDER_MANAGER,
         execution=config.strategy.execution,
+        volume_profile=volume_profile,
     )
+
+
+async def load_volume_profile(config: Config) -> VolumeProfile | None:
+    """VWAP's intraday volume profile from ``[strategy.execution] vwap_trades``, read in a worker
+    thread (``None``: not VWAP, or a flat profile). A missing or unusable file is a ConfigError."""
+    execution = config.strategy.execution
+    if execution.algo != "vwap" or not execution.vwap_trades:
+        return None
+    paths = [Path(p) for p in execution.vwap_trades]
+
+    def build() -> VolumeProfile:
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"no such file: {', '.join(missing)}")
+        return VolumeProfile.from_trades(read_trades(paths), bucket_minutes=execution.bucket_minutes)
+
+    try:
+        return await asyncio.to_thread(build)
+    except (OSError, ValueError) as exc:
+        raise ConfigError("strategy.execution", [("strategy.execution.vwap_trades", str(exc))]) from None
 
 
 def session_tree(
@@ -428,6 +453,7 @@ def session_tree(
     journal: Journal | None = None,
     boot: int = 0,
     default_calendar: str = "XNYS",
+    volume_profile: VolumeProfile | None = None,
 ) -> SupervisorSpec:
     by_symbol = conflate_by(lambda m: m.symbol)
     market_data: dict[type, Policy] = {BestBidOffer: by_symbol}
@@ -443,7 +469,7 @@ def session_tree(
             # recorded on (crypto and the synthetic symbol are 24/7 whatever the default). A
             # synthetic run trades only SYNTH: "24/7" then spares loading the NYSE calendar.
             risk(config, market_data, default_calendar=default_calendar),
-            ActorSpec(STRATEGY, lambda: strategy_actor(config, build_strategy, boot)),
+            ActorSpec(STRATEGY, lambda: strategy_actor(config, build_strategy, boot, volume_profile)),
             ActorSpec(PRICING, lambda: PricingActor(policy)),
         ],
         strategy=SupervisionStrategy.ONE_FOR_ONE,
@@ -532,6 +558,7 @@ async def run_replay_session(config: Config, options: SessionOptions) -> Session
     strategy_name = options.strategy or config.strategy.name
     build_strategy = strategy_factory(config, strategy_name)
     pipeline_hash = manifest_pipeline_hash(feature_pipeline(config, build_strategy()))
+    volume_profile = await load_volume_profile(config)
     errors = InputErrors(strict=options.strict)
     inputs: list[ReplayInput] = []
     if options.synthetic is None:
@@ -550,7 +577,12 @@ async def run_replay_session(config: Config, options: SessionOptions) -> Session
     )
     root = Supervisor(
         session_tree(
-            config, build_strategy, journal, boot, default_calendar="24/7" if options.synthetic is not None else "XNYS"
+            config,
+            build_strategy,
+            journal,
+            boot,
+            default_calendar="24/7" if options.synthetic is not None else "XNYS",
+            volume_profile=volume_profile,
         ),
         bus,
         clock,
@@ -685,6 +717,7 @@ def live_tree(
     journal: Journal | None = None,
     boot: int = 0,
     latency: OrderPathLatency | None = None,
+    volume_profile: VolumeProfile | None = None,
 ) -> SupervisorSpec:
     """The same actors as the replay tree, with Alpaca adapters at the venue boundary.
 
@@ -713,7 +746,7 @@ def live_tree(
             settlement(config, journal),
             ActorSpec(VENUE, lambda: AlpacaVenueActor(venue_url, credentials.key_id, credentials.secret_key, rest)),
             risk(config, market_data),
-            ActorSpec(STRATEGY, lambda: strategy_actor(config, build_strategy, boot)),
+            ActorSpec(STRATEGY, lambda: strategy_actor(config, build_strategy, boot, volume_profile)),
             ActorSpec(PRICING, lambda: PricingActor(policy)),
             *feeds,
         ],
@@ -776,6 +809,7 @@ async def run_live_session(config: Config, options: SessionOptions, credentials:
     build_strategy = strategy_factory(config, strategy_name)
     pipeline_hash = manifest_pipeline_hash(feature_pipeline(config, build_strategy()))
     alpaca_feeds(config)  # a provider nothing can feed is refused before a simulator or journal is opened
+    volume_profile = await load_volume_profile(config)
     files = data_files(config)
     symbols = sorted(config.data.symbols) or sorted({symbol_for(f, config.data.symbol) for f in files})
     clock = LiveClock()
@@ -820,7 +854,18 @@ async def run_live_session(config: Config, options: SessionOptions, credentials:
         config, files, strategy_name, boot, clock, journal, mode=config.engine.mode, pipeline_hash=pipeline_hash
     )
     root = Supervisor(
-        live_tree(config, build_strategy, venue_url, data_url, keys, symbols, journal, boot, latency=latency),
+        live_tree(
+            config,
+            build_strategy,
+            venue_url,
+            data_url,
+            keys,
+            symbols,
+            journal,
+            boot,
+            latency=latency,
+            volume_profile=volume_profile,
+        ),
         bus,
         clock,
         rng,

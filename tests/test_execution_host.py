@@ -354,3 +354,36 @@ async def test_an_emulated_bracket_cancels_its_take_profit_through_a_cancel_inte
         await host.at(T0 + 4 * S, topics.ORDER_EVENT, update(stop, OrderStatus.FILLED, "10"))
         assert len(Protected.done) == 1 and Protected.done[0].startswith("stop_loss exit complete")
         assert host.actor.positions == {"IBM": Decimal(0)}
+
+
+PROFILE_DAYS = [TICKS / "ibm" / f"2013100{d}_trade.zip" for d in (8, 9)]
+
+
+@pytest.mark.skipif(not all(p.exists() for p in IBM_DAY + PROFILE_DAYS), reason=f"no recordings at {TICKS}")
+def test_vwap_targets_slice_by_the_recorded_volume_profile_inside_the_session_only(tmp_path: Path) -> None:
+    profile = ", ".join(f'"{p}"' for p in PROFILE_DAYS)
+    config = (
+        '[strategy]\nname = "inverse-vol"\n[strategy.params]\nrebalance_s = 3600\n'
+        f'[strategy.execution]\nalgo = "vwap"\nduration_s = 3600\nbucket_minutes = 10\nvwap_trades = [{profile}]\n'
+    )
+    summary, events = _replay(tmp_path, config, IBM_DAY)
+    assert summary["orders"] > 2 and summary["fills"] >= summary["orders"]
+    assert Decimal(summary["positions"]["IBM"]) > 0
+    algo_of, _ = _children(events)
+    assert algo_of and all(label.startswith("VWAPSchedule#") for label in algo_of.values())
+    open_ns, close_ns = 1381152600 * S, 1381176000 * S  # 2013-10-07 09:30 and 16:00 New York
+    times = [e["record"]["ts_init"] for e in events if e["kind"] == "SignalRecorded"]
+    # A profile has no volume outside the session: no slice is due there (a target made before
+    # the open is refused by the host, logged, and repeated by the strategy's next rebalance).
+    assert all(open_ns <= t < close_ns for t in times)
+
+
+def test_a_vwap_profile_file_that_is_missing_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "run.toml"
+    path.write_text(f'[strategy.execution]\nalgo = "vwap"\nvwap_trades = ["{tmp_path / "nope.zip"}"]\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "kestrel.cli", "replay", "--config", str(path), "--synthetic", "10"],
+        capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert b"strategy.execution.vwap_trades" in done.stderr and b"nope.zip" in done.stderr
