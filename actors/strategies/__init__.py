@@ -8,6 +8,10 @@
 - ``inverse-vol`` (:mod:`~actors.strategies.inverse_vol`): a multi-asset allocator holding
   each symbol in proportion to 1 / its volatility of 1-minute bars, rebalanced on a timer
   through target positions and :mod:`actors.allocation`.
+- ``allocation`` (:mod:`~actors.strategies.allocator`): a composite running several of
+  these as members, each with a budget; their targets (weights, or target positions
+  converted to weights) are consolidated into one portfolio under caps, a gross limit and a
+  cash buffer (:mod:`actors.allocation`) and traded on a rebalance timer.
 - ``ema-watch`` (:mod:`~actors.strategies.ema_watch`): computes the EMAs, never trades
   (the data-path benchmark).
 - ``fat-finger`` (:mod:`~actors.strategies.fat_finger`): an adversarial script of every
@@ -21,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
+from actors.strategies.allocator import allocation_factory
 from actors.strategies.base import Strategy
 from actors.strategies.ema_cross import EmaCross
 from actors.strategies.ema_watch import EmaWatch
@@ -31,6 +36,7 @@ from actors.strategies.rsi_reversion import RsiReversion
 StrategyFactory = Callable[[str, Mapping[str, Any]], Strategy]
 
 STRATEGIES: Final[dict[str, StrategyFactory]] = {
+    "allocation": allocation_factory(lambda: STRATEGIES),
     "ema-cross": EmaCross.from_params,
     "ema-watch": EmaWatch.from_params,
     "fat-finger": FatFinger.from_params,

@@ -128,6 +128,12 @@ class FeatureView:
     def names(self) -> tuple[str, ...]:
         return tuple(sorted(self._names))
 
+    @property
+    def pipeline(self) -> FeaturePipeline:
+        """The shared pipeline behind the view: a composite strategy (``allocation``) gives each
+        of its members a view of its own features on the very pipeline its host built."""
+        return self._pipeline
+
     def get(self, symbol: str, name: str) -> float | None:
         """Feature ``name`` of ``symbol`` after the update being handled: ``None`` until warm."""
         if name not in self._names:

@@ -12,6 +12,10 @@ and in flight, so a rebalance that changes nothing sends nothing. A symbol whose
 is not warmed up yet (fewer than ``window + 1`` bars) or is zero is left as it is. Each
 order's audit record holds the volatility, the weight, the price and the capital it was
 sized on.
+
+As a member of an ``allocation`` (:mod:`actors.strategies.allocator`) it is read through
+:meth:`InverseVol.target_weights`: its weights are then fractions of the member's budget and
+``capital`` is not used (the allocation sizes the orders on its own capital).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Any
 
 import msgspec
 
-from actors.allocation import inverse_volatility_weights
+from actors.allocation import TargetWeights, inverse_volatility_weights
 from actors.features import FeatureSpec
 from actors.strategies.base import Decision, Strategy, TargetPosition, feature, parse_params
 from engine.clock import NS_PER_S
@@ -63,10 +67,19 @@ class InverseVol(Strategy):
         )
         self._mids: dict[str, Decimal] = {}
         self._scheduled = False
+        self._weights: TargetWeights | None = None
 
     @classmethod
     def from_params(cls, name: str, params: Mapping[str, Any]) -> InverseVol:
         return cls(name, parse_params(params, InverseVolParams, name))
+
+    def target_weights(self) -> TargetWeights | None:
+        """The weights of the last rebalance (``None`` before the first one that had volatilities).
+
+        What an ``allocation`` holding this strategy reads: the weights themselves, not the
+        share counts sized on ``capital``, which would tie the member to a capital of its own.
+        """
+        return self._weights
 
     def _interval_ns(self) -> int:
         return round(self.params.rebalance_s * NS_PER_S)
@@ -94,6 +107,7 @@ class InverseVol(Strategy):
             return []  # nothing warmed up yet
         params = self.params
         weights = inverse_volatility_weights(vols, total=params.gross)
+        self._weights = TargetWeights(self.name, weights, now_ns)
         targets: list[Decision] = []
         for symbol, weight in weights.items():
             mid = self._mids[symbol]
