@@ -32,7 +32,15 @@ from kestrel import journal_cli
 from kestrel.chaos_cli import add_chaos_command, cmd_chaos
 from kestrel.control_cli import add_control_commands, run_control_command
 from kestrel.load_cli import add_load_command, cmd_load
-from kestrel.node import RecordPlan, SessionOptions, SessionSummary, run_live_session, run_recorder, run_replay_session
+from kestrel.node import (
+    RecordPlan,
+    SessionOptions,
+    SessionSummary,
+    run_live_session,
+    run_recorder,
+    run_replay_session,
+    strategy_factory,
+)
 from kestrel.tail_cli import add_tail_command, cmd_tail
 
 EXIT_USER_ERROR: Final = 2
@@ -156,6 +164,9 @@ def _load(args: argparse.Namespace) -> Config:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args)
+    # The strategy's own parameters (and an allocation's members, budgets and pins) are
+    # validated by building it, exactly as a run would: a ConfigError here is exit 2.
+    strategy_factory(config, config.strategy.name)
     credentials = load_credentials(config, os.environ, required=False)
     sys.stdout.write(render_config(config, credentials) + "\n")
     return 0

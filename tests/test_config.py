@@ -227,6 +227,18 @@ def test_check_config_lists_every_error_and_exits_2(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
 
 
+def test_check_config_builds_the_strategy_so_its_parameters_are_checked_too(tmp_path: Path) -> None:
+    members = '[strategy.params.members.inverse-vol]\nbudget = "0.7"\n[strategy.params.members.rsi-reversion]\n'
+    head = '[strategy]\nname = "allocation"\n[strategy.params]\ncapital = "1000"\n'
+    path = _write(tmp_path, f'{head}{members}budget = "0.4"\n')
+    done = _kestrel("check-config", str(path))
+    assert done.returncode == 2
+    assert "strategy.params.members: strategy budgets sum to 1.1, more than 1" in done.stderr
+    shipped = Path(__file__).resolve().parent.parent / "configs"
+    for good in ("paper.toml", "allocation.toml"):
+        assert _kestrel("check-config", str(shipped / good)).returncode == 0
+
+
 def test_the_shipped_config_lists_every_key_at_its_default() -> None:
     import msgspec
 
