@@ -130,26 +130,17 @@ def check_day_trade(
     is of another day), ``day_trades`` the count in the window ending on ``day`` and
     ``equity`` the account's equity at the caller's marks.
     """
-    account_type = AccountType(cfg.account_type)
-    if account_type is AccountType.CASH or intent_qty <= 0:
+    account_type = cfg.account_type  # an AccountType: DayTradingConfig converts it
+    if account_type == AccountType.CASH or intent_qty <= 0:
         return None
     policy = policy_in_force(day, cfg)
     closing = closing_qty(position, intent_side, intent_qty)
-    inputs = {
-        "policy": policy.value,
-        "day": day.isoformat(),
-        "account_type": account_type.value,
-        "position": str(position),
-        "opened_today": str(opened_today),
-        "equity": str(equity),
-    }
-    if symbol:
-        inputs["symbol"] = symbol
+    # The inputs are built only for a refusal: this runs on every intent, and nearly all pass.
     if policy is DayTradePolicy.PDT:
         day_trade = bool(closing) and bool(opened_today) and (opened_today > 0) == (position > 0)
         if not day_trade or equity >= cfg.pdt_min_equity or day_trades < cfg.pdt_max_day_trades:
             return None
-        inputs |= {
+        inputs = _inputs(cfg, policy, day, position, opened_today, equity, symbol) | {
             "day_trades": str(day_trades),
             "max_day_trades": str(cfg.pdt_max_day_trades),
             "window_business_days": str(cfg.window_business_days),
@@ -164,7 +155,7 @@ def check_day_trade(
     # opening notional = notional × opening / qty, compared without dividing.
     if intraday_buying_power is None or not opening or notional * opening <= intraday_buying_power * intent_qty:
         return None
-    inputs |= {
+    inputs = _inputs(cfg, policy, day, position, opened_today, equity, symbol) | {
         "notional": str(notional),
         "opening_qty": str(opening),
         "intent_qty": str(intent_qty),
@@ -174,3 +165,26 @@ def check_day_trade(
         f"opening {opening} of {intent_qty} (notional {notional}) exceeds intraday buying power {intraday_buying_power}"
     )
     return INTRADAY_MARGIN, detail, inputs
+
+
+def _inputs(
+    cfg: DayTradingConfig,
+    policy: DayTradePolicy,
+    day: dt.date,
+    position: Decimal,
+    opened_today: Decimal,
+    equity: Decimal,
+    symbol: str,
+) -> dict[str, str]:
+    """What every refusal of :func:`check_day_trade` reports, before its rule's own figures."""
+    inputs = {
+        "policy": policy.value,
+        "day": day.isoformat(),
+        "account_type": AccountType(cfg.account_type).value,
+        "position": str(position),
+        "opened_today": str(opened_today),
+        "equity": str(equity),
+    }
+    if symbol:
+        inputs["symbol"] = symbol
+    return inputs

@@ -80,10 +80,11 @@ for every operator command, with the answer.
 
 from __future__ import annotations
 
-import dataclasses
+import datetime as dt
 from collections import Counter, deque
 from collections.abc import Mapping
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
@@ -221,6 +222,17 @@ class RiskActor(Actor):
         self.state = state
         self.state_reason = "initial state"
         self.quotes: dict[str, BestBidOffer] = {}
+        self._mids: dict[str, Decimal] = {}
+        """symbol → the mid of its latest quote, as of the last :meth:`_marks` (kept in ``quotes``' order)."""
+        self._requoted: dict[str, None] = {}
+        """Symbols quoted since the last :meth:`_marks`, in arrival order: their mids are recomputed then."""
+        self._marks_view: Mapping[str, Decimal] = MappingProxyType(self._mids)
+        self._view: AccountView | None = None
+        """The cached :meth:`_account_view`; see there for what it depends on."""
+        self._view_account: AccountState | None = None
+        """The ``account`` the cached view was computed from."""
+        self._day: tuple[int, int, dt.date, str] = (0, 0, dt.date.min, "")
+        """New York's current trading day: [start ns, end ns), the date, its ISO string (:meth:`_new_york_day`)."""
         self.venue_unavailable: dict[tuple[str, str], VenueStatus] = {}
         """(venue, component) → the status that made it unavailable."""
         self.calendars = SymbolCalendars(calendars, default_calendar)
@@ -264,6 +276,7 @@ class RiskActor(Actor):
         kind = type(message)
         if kind is BestBidOffer:
             self.quotes[message.symbol] = message
+            self._requoted[message.symbol] = None  # its mid is recomputed when next read (_marks)
             if self._unpriced:
                 self._price_seeded(message)
         elif kind is OrderIntent:
@@ -294,6 +307,8 @@ class RiskActor(Actor):
                 self._forget(message.intent_id)
         elif kind is RiskRejected:
             self._forget(message.intent_id)  # ours, or the order manager's refusal
+        elif kind is CancelRejected:
+            pass  # ours or the order manager's: a refused cancel changes nothing risk counts
         elif kind is AccountBaseline:
             pass  # the ledger's AccountState follows it
         elif kind is _MarkTick:
@@ -473,7 +488,7 @@ class RiskActor(Actor):
             self.policy.limits(intent.strategy, symbol),
             self.policy.asset(symbol),
             view,
-            list(self.working.values()),
+            self.working.values(),  # no copy: the check is synchronous, nothing changes ``working`` meanwhile
             sectors=self.sectors,
         )
         if isinstance(decision, Rejection):
@@ -562,7 +577,7 @@ class RiskActor(Actor):
             return  # the order manager's answer already counted it
         remaining = order.remaining_qty - fill.qty
         if remaining > 0:
-            self.working[fill.intent_id] = dataclasses.replace(order, remaining_qty=remaining)
+            self.working[fill.intent_id] = msgspec.structs.replace(order, remaining_qty=remaining)
         else:
             self._forget(fill.intent_id)
 
@@ -636,13 +651,32 @@ class RiskActor(Actor):
             elif order.symbol == bbo.symbol:
                 self._unpriced.discard(key)
                 price = bbo.ask_price if order.side is Side.BUY else bbo.bid_price
-                self.working[key] = dataclasses.replace(order, reference_price=price)
+                self.working[key] = msgspec.structs.replace(order, reference_price=price)
 
     def _working_in(self, symbol: str) -> list[WorkingOrder]:
         return [o for o in self.working.values() if o.symbol == symbol]
 
-    def _marks(self) -> dict[str, Decimal]:
-        return {s: (q.bid_price + q.ask_price) / 2 for s, q in self.quotes.items()}
+    def _marks(self) -> Mapping[str, Decimal]:
+        """Every quoted symbol's mid, (bid + ask) / 2 of its latest quote (read-only, live).
+
+        Mids are recomputed here for the symbols quoted since the last call only, not on
+        every quote (most quotes are not followed by an intent) nor for every symbol on
+        every intent. A recomputed mid of a symbol the account holds that differs from the
+        one before (value or representation: ``compare_total``) drops the cached account
+        view, whose equity and buying power were computed from it.
+        """
+        requoted = self._requoted
+        if requoted:
+            mids, quotes, held = self._mids, self.quotes, self.account.positions
+            for symbol in requoted:
+                quote = quotes[symbol]
+                mid = (quote.bid_price + quote.ask_price) / 2
+                before = mids.get(symbol)
+                mids[symbol] = mid
+                if symbol in held and (before is None or before.compare_total(mid)):
+                    self._view = None
+            requoted.clear()
+        return self._marks_view
 
     def _equity(self, marks: Mapping[str, Decimal]) -> Decimal:
         account = self.account
@@ -653,16 +687,61 @@ class RiskActor(Actor):
         return value
 
     def _account_view(self) -> AccountView:
-        marks = self._marks()
-        equity = self._equity(marks)
+        """Equity, buying power, positions and marks as the pre-trade checks read them: cached.
+
+        Computed from exactly these inputs, and recomputed when one of them changes:
+
+        - ``self.account`` (cash, positions, average prices): the ledger's ``AccountState``,
+          which replaces it on every fill and baseline, or the restart's portfolio
+          (:meth:`on_start`). The view remembers which object it was computed from and is
+          recomputed when ``self.account`` is another one, whatever replaced it;
+        - the mid of every symbol in ``account.positions`` (equity, and the gross exposure
+          of a margin account's buying power); an unquoted one counts at its average price.
+          :meth:`_marks` drops the view when such a mid changes, or when such a symbol gets
+          its first quote;
+        - the account type and margin multiplier: configuration, fixed for the actor's life.
+
+        Nothing else enters it. Working orders do not (the checks take them apart, fresh on
+        each intent), nor does a ``Fill`` by itself: the account moves when the ledger's
+        ``AccountState`` for it arrives, as it did before the view was cached. ``marks`` is a
+        live read-only mapping of every quoted symbol's mid, brought up to date by the
+        :meth:`_marks` call here, so the checks always see the latest quotes of the symbols
+        the view's figures do not depend on too. The result is the same, value and
+        representation, as computing the view afresh (``tests/test_risk_cache.py``).
+        """
+        marks = self._marks()  # first: it may drop the view
+        view = self._view
         account = self.account
+        if view is not None and self._view_account is account:
+            return view
         if self.section.account_type == "cash":
+            equity = self._equity(marks)
             buying_power = max(account.cash, ZERO)
         else:
-            gross = sum((abs(q) * marks.get(s, account.avg_prices.get(s, ZERO)) for s, q in account.positions.items()),
-                        ZERO)
+            # Equity and gross exposure in one pass (the same sums, in the same order, as _equity's).
+            equity, gross, avg_prices = account.cash, ZERO, account.avg_prices
+            for symbol, qty in account.positions.items():
+                mark = marks.get(symbol, avg_prices.get(symbol, ZERO))
+                equity += qty * mark
+                gross += abs(qty) * mark
             buying_power = max(equity * self.section.margin_multiplier - gross, ZERO)
-        return AccountView(equity=equity, buying_power=buying_power, positions=account.positions, marks=marks)
+        view = self._view = AccountView(equity=equity, buying_power=buying_power, positions=account.positions,
+                                        marks=marks)
+        self._view_account = account
+        return view
+
+    def _new_york_day(self, now: int) -> tuple[dt.date, str]:
+        """``local_date(now, New York)`` and its ISO string, computed once per day, not per intent.
+
+        The day is kept with its bounds in ns, [local midnight, next local midnight): any
+        ``now`` outside them (a new day, or a clock stepped back) is computed afresh.
+        """
+        start, end, day, iso = self._day
+        if not start <= now < end:
+            day = local_date(now, _NEW_YORK)
+            iso = day.isoformat()
+            self._day = (_midnight_ns(day), _midnight_ns(day + dt.timedelta(days=1)), day, iso)
+        return day, iso
 
     def _account_rules(
         self, intent: OrderIntent, reference: Decimal, view: AccountView, now: int
@@ -679,8 +758,8 @@ class RiskActor(Actor):
                 why = (f"selling {intent.qty} {symbol} would sell shares bought with unsettled proceeds "
                        f"({restricted} restricted until they settle): a good-faith violation")
                 return "GOOD_FAITH_VIOLATION", why, inputs
-        day = local_date(now, _NEW_YORK)
-        same_day = account.trade_date == day.isoformat()
+        day, iso = self._new_york_day(now)
+        same_day = account.trade_date == iso
         return check_day_trade(
             self.day_trading,
             day,
@@ -696,12 +775,15 @@ class RiskActor(Actor):
         )
 
     async def _mark(self) -> None:
-        """Mark the book to market: the day's loss and the drawdown limits may move the state."""
-        marks = self._marks()
-        equity = self._equity(marks)
+        """Mark the book to market: the day's loss and the drawdown limits may move the state.
+
+        Its equity is the account view's (computed here after an ``AccountState``, so the next
+        intent finds the view cached).
+        """
+        equity = self._account_view().equity
         now = self.ctx.clock.time_ns()
         watch = self.equity
-        watch.update(now, local_date(now, _NEW_YORK), equity)
+        watch.update(now, self._new_york_day(now)[0], equity)
         section = self.section
         if self.state is TradingState.ACTIVE:
             limit = section.daily_loss_limit
@@ -722,10 +804,10 @@ class RiskActor(Actor):
             self.ctx.tell_self_at(now + round(section.mark_interval_s * NS_PER_S), _MARK)
 
     def _report(self) -> RiskReport:
+        equity = self._account_view().equity
         marks = self._marks()
         account = self.account
         priced = {s: marks.get(s, account.avg_prices.get(s, ZERO)) for s in account.positions}
-        equity = self._equity(marks)
         held = exposure(account.positions, priced)
         var = es = None
         if len(self.returns) >= VAR_MIN_SAMPLES:
@@ -931,3 +1013,10 @@ _MARK: Final = _MarkTick()
 
 _NEW_YORK: Final = ZoneInfo("America/New_York")
 """The trading day of the loss limit and of the day-trading rule is New York's."""
+_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def _midnight_ns(day: dt.date) -> int:
+    """New York's midnight starting ``day``, in ns since the epoch (integer arithmetic, as ``local_date``)."""
+    moment = dt.datetime.combine(day, dt.time(), _NEW_YORK)
+    return (moment - _EPOCH) // dt.timedelta(microseconds=1) * 1000
