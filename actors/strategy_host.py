@@ -391,18 +391,26 @@ class StrategyActor(Actor):
             )
         else:
             raise TypeError(f"strategy actor cannot handle {kind.__name__}")
+        await self._decided(_HOOKS.get(kind, "a hook"), decisions, message, kind, now)
+        for running, actions in algos:
+            await self._apply(running, actions, message, kind, now)
+        return None
+
+    async def _decided(
+        self, hook: str, decisions: Sequence[Decision] | None, message: Any, kind: type, now: int
+    ) -> None:
+        """After a hook: refuse a ``None`` (a strategy bug made loud), arm the timers it asked
+        for, then carry out its decisions."""
         if decisions is None:
+            strategy = self.strategy
             raise TypeError(
-                f"strategy {strategy.name!r}: {type(strategy).__name__}.{_HOOKS[kind]} returned None;"
+                f"strategy {strategy.name!r}: {type(strategy).__name__}.{hook} returned None;"
                 " a hook must return a list (empty for nothing to do)"
             )
         if self._requested:
             self._arm_timers()
         if decisions:
-            await self._emit(message, kind, decisions, now)
-        for running, actions in algos:
-            await self._apply(running, actions, message, kind, now)
-        return None
+            await self._emit(hook, message, kind, decisions, now)
 
     def _owners(
         self, intent_id: str, call: Callable[[ExecutionAlgo], Actions]
@@ -429,7 +437,7 @@ class StrategyActor(Actor):
     def _in_flight_qty(self, symbol: str) -> Decimal:
         return sum((f.remaining for f in self._in_flight.values() if f.symbol == symbol), ZERO)
 
-    async def _emit(self, message: Any, kind: type, decisions: Sequence[Decision], now: int) -> None:
+    async def _emit(self, hook: str, message: Any, kind: type, decisions: Sequence[Decision], now: int) -> None:
         strategy = self.strategy
         features = strategy.take_features()
         for decision in decisions:
@@ -452,7 +460,7 @@ class StrategyActor(Actor):
                 await self._start_algo(decision, message, kind, now)
             else:
                 raise TypeError(
-                    f"strategy {strategy.name!r}: {type(strategy).__name__}.{_HOOKS[kind]} returned"
+                    f"strategy {strategy.name!r}: {type(strategy).__name__}.{hook} returned"
                     f" {decided.__name__}; a hook returns OrderIntent, TargetPosition, CancelIntent and"
                     " ExecutionAlgo values"
                 )
@@ -543,15 +551,7 @@ class StrategyActor(Actor):
                 filled=str(algo.filled_qty),
             )
             decisions = self.strategy.on_execution_done(algo, now)
-            if decisions is None:
-                raise TypeError(
-                    f"strategy {self.strategy.name!r}: {type(self.strategy).__name__}.on_execution_done returned"
-                    " None; a hook must return a list (empty for nothing to do)"
-                )
-            if self._requested:
-                self._arm_timers()
-            if decisions:
-                await self._emit(message, kind, decisions, now)
+            await self._decided("on_execution_done", decisions, message, kind, now)
 
     async def _target_algo(self, target: TargetPosition, message: Any, kind: type, now: int) -> None:
         """Work the difference to ``target`` with the configured algorithm (``[strategy.execution]``).
