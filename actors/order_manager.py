@@ -469,6 +469,7 @@ class OrderManagerActor(Actor):
         except JournalError as exc:
             await self._refuse_cancel(cancel, JOURNAL_FAILED, f"not sent: journal write failed: {exc}")
             return
+        crashpoints.hit("cancel.after_commit_before_send")
         self.counters["cancels_requested"] += 1
         self.ctx.log.info(
             "cancel_requested",

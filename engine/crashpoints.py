@@ -14,6 +14,7 @@ Known points (the crash tests kill at each):
 ``journal.before_commit``          rows written, transaction not committed
 ``journal.during_snapshot``        snapshot row written, transaction not committed
 ``order.after_commit_before_send`` ``OrderSubmitting`` durable, venue not yet asked
+``cancel.after_commit_before_send`` ``CancelRequested`` durable, the cancel not yet sent
 ``venue.after_send_before_ack``    the venue accepted the order, we have not seen it
 ``order.between_partial_fills``    a partial fill journaled, the order still working
 ``recovery.midway``                recovery has rebuilt from the journal, venue not yet reconciled
@@ -35,6 +36,7 @@ POINTS: Final = frozenset(
         "journal.before_commit",
         "journal.during_snapshot",
         "order.after_commit_before_send",
+        "cancel.after_commit_before_send",
         "venue.after_send_before_ack",
         "order.between_partial_fills",
         "recovery.midway",
