@@ -40,6 +40,7 @@ from engine.clock import NS_PER_S, LiveClock
 from engine.errors import UserError
 from engine.journal import Journal, JournalEntry
 from engine.messages import (
+    CancelRequested,
     Fill,
     Message,
     OperatorActionRecorded,
@@ -449,6 +450,9 @@ def _story_line(record: Message, intent_ids: list[str]) -> str:
             f"{order.client_order_id}: {order.side.value} {order.qty} {order.symbol} {order.order_type.value}{limit} "
             f"{order.time_in_force.value}; {how}"
         )
+    if isinstance(record, CancelRequested):
+        why = f" by {record.reason}" if record.reason else ""
+        return f"cancel of {record.client_order_id} asked{why}; write-ahead: journaled before it went to the venue"
     if isinstance(record, OrderUpdate):
         why = f" ({record.reason})" if record.reason else ""
         return f"{record.status.value}{why}; venue order {record.venue_order_id or '-'}"

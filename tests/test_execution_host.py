@@ -261,6 +261,12 @@ def test_a_chasers_repegs_cancel_through_the_engine_and_two_of_its_children_neve
     positions = {e["record"]["client_order_id"]: i for i, e in enumerate(events) if e["kind"] == "CancelRequested"}
     for cid, at in positions.items():
         assert cid in final and final[cid] > at  # every cancel the order manager journaled ended its order
+    first = requested[0]["client_order_id"]
+    story = subprocess.run(
+        [sys.executable, "-m", "kestrel.cli", "journal", "show", str(tmp_path / "journal.db"), "--order", first],
+        capture_output=True, timeout=60, text=True,
+    )  # fmt: skip
+    assert f"cancel of {first} asked by LimitChaser#" in story.stdout, story.stdout
     # At most one child of a chaser works at any time: a child is submitted only after the one
     # before it has ended (cancelled or filled), in journal order.
     working: dict[str, str] = {}
