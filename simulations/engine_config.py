@@ -3,8 +3,10 @@
 EMA 2/4 trades about once a second on :func:`simulations.lean_feed.chaos_session`; 500
 shares is more than about half the quotes show (100-900), so many orders fill in several
 pieces. ``trade=False`` caps orders at one share, so risk refuses every intent: an audit
-engine that recovers and reconciles but cannot trade. The control file goes next to the
-config, so engines started side by side (tests, chaos jobs) never share one.
+engine that recovers and reconciles but cannot trade. ``strategy`` (TOML text) runs another
+strategy or execution algorithm instead (tests/test_crash_recovery.py's cancel scenario).
+The control file goes next to the config, so engines started side by side (tests, chaos
+jobs) never share one.
 
 ``failover=True`` (chaos runs, tests/test_feed_failover.py) streams both of the
 simulator's feeds and prices IBM from :data:`PRIMARY_FEED`, with :data:`SECONDARY_FEED`
@@ -38,7 +40,15 @@ def write_engine_config(
     snapshot_every: int = 10_000,
     trade: bool = True,
     failover: bool = False,
+    strategy: str | None = None,
 ) -> Path:
+    """Write the config at ``path`` and return it.
+
+    ``strategy``: TOML for the ``[strategy]`` tables (``[strategy]``, ``[strategy.params]``,
+    ``[strategy.execution]`` ...) in place of the default EMA 2/4 of ``qty`` shares; ``qty``
+    still caps orders (``[risk] max_order_qty``).
+    """
+    strategy_toml = f"[strategy.params]\nfast = 2\nslow = 4\nqty = {qty}\n" if strategy is None else strategy
     pricing = (
         f"[pricing]\nsla_s = {SLA_S}\nfailback_s = {FAILBACK_S}\n"
         f'[pricing.providers]\nIBM = ["alpaca-{PRIMARY_FEED}", "alpaca-{SECONDARY_FEED}"]\n'
@@ -51,11 +61,7 @@ def write_engine_config(
 run_id = "{run_id}"
 [log]
 level = "info"
-[strategy.params]
-fast = 2
-slow = 4
-qty = {qty}
-[risk]
+{strategy_toml}[risk]
 max_order_qty = {qty if trade else 1}
 [journal]
 snapshot_every = {snapshot_every}

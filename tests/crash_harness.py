@@ -209,9 +209,14 @@ class Simulator:
 # ---------------------------------------------------------------- the engine
 
 
-def write_config(path: Path, *, qty: int = 500, snapshot_every: int = 10_000, trade: bool = True) -> Path:
-    """An engine config for the crash tests (:func:`simulations.engine_config.write_engine_config`)."""
-    return write_engine_config(path, run_id=RUN_ID, qty=qty, snapshot_every=snapshot_every, trade=trade)
+def write_config(
+    path: Path, *, qty: int = 500, snapshot_every: int = 10_000, trade: bool = True, strategy: str | None = None
+) -> Path:
+    """An engine config for the crash tests (:func:`simulations.engine_config.write_engine_config`);
+    ``strategy`` is TOML for the ``[strategy]`` tables in place of the default EMA 2/4."""
+    return write_engine_config(
+        path, run_id=RUN_ID, qty=qty, snapshot_every=snapshot_every, trade=trade, strategy=strategy
+    )
 
 
 class Engine:
@@ -269,15 +274,17 @@ class Engine:
         tail = [e.get("event") for e in self.events()[-15:]]
         return f"{self.name} (exit {self.proc.poll()}): last log events {tail}; stderr: {err}"
 
-    def wait_until(self, what: str, predicate: Callable[[], bool], timeout: float) -> None:
-        """Poll ``predicate()`` while the engine runs; fail if it exits or time runs out."""
+    def wait_until(self, what: str, predicate: Callable[[], bool], timeout: float, poll_s: float = 0.05) -> None:
+        """Poll ``predicate()`` while the engine runs; fail if it exits or time runs out.
+
+        ``poll_s``: longer for a predicate that asks the venue (its REST rate limit is the engine's)."""
         deadline = time.monotonic() + timeout
         while not predicate():
             if self.proc.poll() is not None:
                 raise AssertionError(f"{self.name} exited while waiting for {what}: {self.describe()}")
             if time.monotonic() > deadline:
                 raise AssertionError(f"{self.name}: no {what} within {timeout} s: {self.describe()}")
-            time.sleep(0.05)
+            time.sleep(poll_s)
 
     def wait_recovered(self, timeout: float = 30.0) -> None:
         self.wait_until("recovery_finished", lambda: self.has_event("recovery_finished"), timeout)
@@ -418,6 +425,11 @@ class Session:
         (an order the venue refuses is not trading), then SIGTERM; returns the summary."""
         engine = self.start(config)
         engine.wait_recovered()
+        return self.trade_on_then_stop(engine, new_orders=new_orders, timeout=timeout)
+
+    def trade_on_then_stop(self, engine: Engine, *, new_orders: int = 2, timeout: float = 40.0) -> dict[str, Any]:
+        """:meth:`trade_then_stop` for an engine already started and recovered (a scenario
+        that checked what its recovery did first)."""
         after = journal_max_seq(self.journal)
         engine.wait_until(
             f"{new_orders} new orders filled after recovery",

@@ -19,6 +19,10 @@ Then the venue's REST view and the journal (``kestrel journal ... --json``) must
 4. no venue order with our client-order-id prefix is unknown to the journal;
 5. after the restart, trading is ``active`` and new orders were placed *and filled*.
 
+One scenario kills at ``cancel.after_commit_before_send``, with rsi-reversion's targets
+worked by the limit chaser (which cancels to re-peg): a cancel journaled but never sent
+must be sent again by the restart's recovery, and the venue must end the order canceled.
+
 The scenarios are independent (one simulator, journal and temp dir each) and mostly wait
 for market data, so the module runs the selected ones side by side in threads (20-35 s
 in all on 2 cores, against about 2 minutes one after the other); each test reports its
@@ -232,6 +236,113 @@ def sigterm_during_startup(workdir: Path, say: Transcript) -> None:
         check_invariants(s)
 
 
+CANCEL_POINT = "cancel.after_commit_before_send"
+CANCEL_QTY = 100
+CHASER_TICK = 11
+CANCEL_SEED = 1
+"""The chaser's price grid (dollars) and the session's seed: the seed-1 session's bids stay
+within $179.62-187.73, so the chaser's buys (its bid rounded down to the grid) all rest at
+$176 and cannot fill: an order whose cancel the crash cut off can only end by the restart's
+cancel. (Resting at the touch, it was filled before the restart in two tries out of three.)"""
+
+
+def _rsi_reversion(execution: str) -> str:
+    """RSI(3) of every mid, entering below 40 or above 60: a new target every second or two."""
+    return f"""[strategy]
+name = "rsi-reversion"
+[strategy.params]
+input = "mid"
+period = 3
+low = 40.0
+high = 60.0
+qty = {CANCEL_QTY}
+[strategy.execution]
+{execution}
+"""
+
+
+CHASER = _rsi_reversion(
+    'algo = "chaser"\ntimeout_s = 0.5\nmax_timeout_s = 2.0\nmax_repegs = 3\non_exhausted = "leave"\n'
+    f"tick = {CHASER_TICK}\n"
+)
+"""Limits re-pegged (cancelled first) after at most half a second, and cancelled whenever a new
+target replaces the one being worked: the first cancel comes within seconds of the first quote."""
+MARKET = _rsi_reversion('algo = "market"\n')
+"""The same strategy after the restart, with market orders: it trades (fills), and what it
+leaves working when it is stopped fills on the next quotes, so the venue comes to rest."""
+
+
+def _last_cancel_requested(path: Path) -> str | None:
+    """The order of the journal's last ``CancelRequested``."""
+    with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+        row = db.execute(
+            "SELECT client_order_id FROM events WHERE kind = 'CancelRequested' ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _venue_status(s: Session, client_order_id: str) -> OrderStatus | None:
+    order = s.venue.find(client_order_id)
+    return None if order is None else OrderStatus(order["status"])
+
+
+def cancel_survives_crash(workdir: Path, say: Transcript) -> None:
+    """``kill -9`` between a cancel's journal commit and its send: the restart sends it.
+
+    An engine works rsi-reversion's targets with the limit chaser and dies by SIGKILL at its
+    first ``cancel.after_commit_before_send``: the journal holds a ``CancelRequested`` for an
+    order the venue still works, and the cancel never left. A clean engine recovers on the
+    journal, must send that cancel again (``recovery_resending_cancels``), and the venue must
+    show the order canceled; then it trades, and journal and venue agree.
+    """
+    say(f"crash point {CANCEL_POINT}:1 (the chaser's first cancel: journaled, never sent)")
+    chasing = write_config(workdir / "chaser.toml", qty=CANCEL_QTY, strategy=CHASER)
+    trading = write_config(workdir / "engine.toml", qty=CANCEL_QTY, strategy=MARKET)
+    audit = write_config(workdir / "audit.toml", trade=False)
+    with session(workdir, say, seed=CANCEL_SEED) as s:
+        crashed = s.start(chasing, f"{CANCEL_POINT}:1")
+        crashed.wait_killed(CRASH_TIMEOUT_S)
+        followed = _last_cancel_requested(s.journal)
+        assert followed is not None, "died at the cancel crash point with no CancelRequested journaled"
+        at_crash = s.venue.find(followed)
+        assert at_crash is not None, f"{followed}: its cancel was journaled, but the venue never got the order"
+        assert not OrderStatus(at_crash["status"]).is_terminal, f"{followed} is not working at the venue: {at_crash}"
+        # The cancel was never sent: the engine logs ``cancel_requested`` only after the crash point.
+        assert not any(
+            e.get("event") == "cancel_requested" and e.get("client_order_id") == followed for e in crashed.events()
+        ), f"{crashed.name} logged the cancel of {followed} as sent"
+        verify = journal_cli("verify", s.journal)
+        assert verify["ok"], f"the journal the crash left fails verification: {verify['problems']}"
+        say(
+            f"CancelRequested {followed} journaled ({s.orders_placed()} orders, {verify['events']} events); "
+            f"the venue has it {at_crash['status']}, {at_crash['filled_qty']} of {at_crash['qty']} filled"
+        )
+
+        engine = s.start(trading)
+        engine.wait_recovered()
+        # Logged right after recovery_finished, as the cancels go out.
+        engine.wait_until("recovery_resending_cancels", lambda: engine.has_event("recovery_resending_cancels"), 10.0)
+        resending = [e for e in engine.events() if e.get("event") == "recovery_resending_cancels"]
+        assert len(resending) == 1 and resending[0]["orders"] == [followed], resending
+        engine.wait_until(
+            f"the venue to end {followed}",
+            lambda: (_venue_status(s, followed) or OrderStatus.PENDING_NEW).is_terminal,
+            20.0,
+            poll_s=0.25,  # REST: the engine's rate limit
+        )
+        final = s.venue.find(followed)
+        assert final is not None and final["status"] == OrderStatus.CANCELED, final
+        assert Decimal(final["filled_qty"]) == 0 and final["canceled_at"], final
+        say(f"{engine.name} resent the cancel of {followed}: the venue has it {final['status']}")
+        summary = s.trade_on_then_stop(engine)
+        assert summary["recovery"]["orders_checked"] >= 1, summary["recovery"]
+        s.settle_and_audit(audit)
+        check_invariants(s)
+        journaled = {o["client_order_id"]: o for o in journal_cli("orders", s.journal)}[followed]
+        assert journaled["status"] == OrderStatus.CANCELED, journaled
+        say(f"{followed} ended canceled in the journal too, {journaled['filled_qty']} of {journaled['qty']} filled")
+
+
 def _random_seed() -> int:
     text = os.environ.get("CRASH_TEST_SEED")
     return int(text) if text else random.SystemRandom().randrange(1_000_000)
@@ -241,6 +352,7 @@ SCENARIOS: dict[str, Callable[[Path, Transcript], None]] = {
     **{case.point: functools.partial(crash_at_point, case) for case in CASES},
     "random-kills": lambda workdir, transcript: random_kills(_random_seed(), workdir, transcript),
     "sigterm-during-startup": sigterm_during_startup,
+    CANCEL_POINT: cancel_survives_crash,
 }
 
 
@@ -303,4 +415,10 @@ def test_random_kills_then_recover(scenario: str, runs: dict[str, Run]) -> None:
 @pytest.mark.parametrize("scenario", ["sigterm-during-startup"])
 def test_sigterm_during_startup_still_stops_cleanly(scenario: str, runs: dict[str, Run]) -> None:
     """SIGTERM before recovery is over: recovery completes, exit 0 with a summary."""
+    _report(runs[scenario])
+
+
+@pytest.mark.parametrize("scenario", [CANCEL_POINT])
+def test_cancel_survives_crash_between_commit_and_send(scenario: str, runs: dict[str, Run]) -> None:
+    """Die by SIGKILL with a cancel journaled, not sent: the restart sends it; the venue cancels; all agree."""
     _report(runs[scenario])
