@@ -657,6 +657,7 @@ class StrategyActor(Actor):
             max_repegs=config.max_repegs,
             base_timeout_s=config.timeout_s,
             max_timeout_s=config.max_timeout_s,
+            min_timeout_s=config.min_timeout_s,
             tick=config.tick,
             strategy=strategy.name,
             make_intent_id=strategy.next_intent_id,

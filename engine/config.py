@@ -91,6 +91,10 @@ class ExecutionSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_repegs: int = 3
     timeout_s: float = 2.0
     max_timeout_s: float = 10.0
+    min_timeout_s: float | None = None
+    """The chaser's shortest timeout (a fast market shortens them). Unset: a quarter of
+    ``timeout_s``, but never under ``[risk] duplicate_window_s``: a re-peg at an unchanged
+    touch is the same order again, which risk's duplicate guard would refuse."""
     on_exhausted: Literal["leave", "cross"] = "cross"
     tick: Decimal = Decimal("0.01")
     lot: Decimal = Decimal(1)
@@ -104,6 +108,8 @@ class ExecutionSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError("max_repegs: must not be negative")
         if not 0 < self.timeout_s <= self.max_timeout_s:
             raise ValueError("timeout_s: need 0 < timeout_s <= max_timeout_s")
+        if self.min_timeout_s is not None and not 0 < self.min_timeout_s <= self.timeout_s:
+            raise ValueError("min_timeout_s: need 0 < min_timeout_s <= timeout_s")
         if self.bucket_minutes < 1:
             raise ValueError("bucket_minutes: must be at least 1")
         if not (self.tick > 0 and self.lot > 0):

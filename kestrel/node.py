@@ -65,7 +65,7 @@ from adapters.sim_venue import SimulatedVenue
 from engine import topics
 from engine.bus import Bus, Request
 from engine.clock import NS_PER_S, LiveClock, SimClock, perf_ns
-from engine.config import Config, Credentials
+from engine.config import Config, Credentials, ExecutionSection
 from engine.errors import ConfigError, UserError
 from engine.journal import Durability, Journal
 from engine.logs import get_logger, set_log_clock
@@ -293,6 +293,7 @@ def strategy_factory(config: Config, name: str) -> Callable[[], Strategy]:
     except KeyError:
         known = ", ".join(sorted(STRATEGIES))
         raise ConfigError("strategy", [("strategy.name", f"unknown strategy {name!r} (known: {known})")]) from None
+    execution_settings(config)  # its cross-checks with [risk], before anything starts
     params = config.strategy.params
     # Validate now, so a bad parameter or a pinned feature pipeline this run would not compute
     # is a clear error (exit 2) before anything starts, not a strategy actor failing to start.
@@ -422,9 +423,38 @@ def strategy_actor(
         boot,
         pipeline_hash=config.strategy.pipeline_hash,
         orders_address=ORDER_MANAGER,
-        execution=config.strategy.execution,
+        execution=execution_settings(config),
         volume_profile=volume_profile,
     )
+
+
+def execution_settings(config: Config) -> ExecutionSection:
+    """``[strategy.execution]`` checked against ``[risk]``, with the chaser's shortest timeout resolved.
+
+    A chaser re-pegging at an unchanged touch sends the same order again: within ``[risk]
+    duplicate_window_s`` of the last one, risk refuses it (``DUPLICATE_ORDER``) and the
+    chaser gives up. So its timeouts may not go under the window: ``timeout_s`` (and a set
+    ``min_timeout_s``) below it is a ConfigError, and an unset ``min_timeout_s`` is a
+    quarter of ``timeout_s`` raised to the window.
+    """
+    execution = config.strategy.execution
+    if execution.algo != "chaser":
+        return execution
+    window = config.risk.duplicate_window_s
+    problems = [
+        (
+            f"strategy.execution.{key}",
+            f"{value:g} s is under [risk] duplicate_window_s ({window:g} s): a re-peg at an unchanged touch would be"
+            " refused as DUPLICATE_ORDER; make it at least the window, or shorten the window",
+        )
+        for key, value in (("timeout_s", execution.timeout_s), ("min_timeout_s", execution.min_timeout_s))
+        if value is not None and value < window
+    ]
+    if problems:
+        raise ConfigError("strategy.execution", problems)
+    if execution.min_timeout_s is not None:
+        return execution
+    return msgspec.structs.replace(execution, min_timeout_s=max(execution.timeout_s / 4, window))
 
 
 async def load_volume_profile(config: Config) -> VolumeProfile | None:

@@ -262,7 +262,7 @@ qty = {CANCEL_QTY}
 
 
 CHASER = _rsi_reversion(
-    'algo = "chaser"\ntimeout_s = 0.5\nmax_timeout_s = 2.0\nmax_repegs = 3\non_exhausted = "leave"\n'
+    'algo = "chaser"\ntimeout_s = 1.0\nmax_timeout_s = 2.0\nmax_repegs = 3\non_exhausted = "leave"\n'
     f"tick = {CHASER_TICK}\n"
 )
 """Limits re-pegged (cancelled first) after at most half a second, and cancelled whenever a new

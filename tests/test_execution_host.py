@@ -393,3 +393,17 @@ def test_a_vwap_profile_file_that_is_missing_is_a_config_error(tmp_path: Path) -
     )  # fmt: skip
     assert done.returncode == 2
     assert b"strategy.execution.vwap_trades" in done.stderr and b"nope.zip" in done.stderr
+
+
+def test_a_chaser_faster_than_risks_duplicate_window_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    """Its re-peg at an unchanged touch would be the same order again: DUPLICATE_ORDER, and it gives up."""
+    path = tmp_path / "run.toml"
+    path.write_text('[strategy.execution]\nalgo = "chaser"\ntimeout_s = 0.5\n[risk]\nduplicate_window_s = 1.0\n')
+    done = subprocess.run([sys.executable, "-m", "kestrel.cli", "check-config", str(path)], capture_output=True)
+    assert done.returncode == 2
+    assert b"strategy.execution.timeout_s: 0.5 s is under [risk] duplicate_window_s (1 s)" in done.stderr
+    from engine.config import parse_config
+    from kestrel.node import execution_settings
+
+    resolved = execution_settings(parse_config({"strategy": {"execution": {"algo": "chaser"}}}, "test"))
+    assert resolved.min_timeout_s == 1.0  # a quarter of the 2 s default, raised to the 1 s window
